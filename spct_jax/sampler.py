@@ -1,0 +1,262 @@
+"""KV-cache sampling: one prefill per distinct prompt, then a jitted `lax.while_loop` decode with the cache donated.
+
+k samples of a prompt share its prefill: the cache rows are gathered (`row_source`) to `B*k` rows, groups contiguous,
+instead of prefilling k times. Identical prompt strings passed to `generate` are also prefilled once, which is how
+voting shares prefill between samples that show the responses in the same order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from spct_jax.model.transformer import Cache, Transformer
+
+
+@dataclasses.dataclass(frozen=True)
+class Greedy:
+  """Argmax decoding. Its sampling-distribution log-prob is 0 (a point mass)."""
+
+  def filter_logits(self, logits: jax.Array) -> jax.Array:
+    return logits
+
+  def sample(self, key: jax.Array, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32), jnp.zeros(logits.shape[:-1], jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """Temperature sampling with optional top-k and top-p (nucleus) filtering.
+
+  top_p sorts the vocabulary every step (V log V per row); prefer top_k (or both: top_k first bounds the sort) on
+  CPU with Gemma's 262k vocabulary.
+  """
+
+  temperature: float = 1.0
+  top_k: int | None = None
+  top_p: float | None = None
+
+  def __post_init__(self):
+    if self.temperature <= 0:
+      raise ValueError(f"temperature must be > 0 for sampling (use Greedy for 0), got {self.temperature}")
+    if self.top_k is not None and self.top_k < 1:
+      raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+    if self.top_p is not None and not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+  def filter_logits(self, logits: jax.Array) -> jax.Array:
+    logits = logits / self.temperature
+    if self.top_k is not None and self.top_k < logits.shape[-1]:
+      kth = jax.lax.top_k(logits, self.top_k)[0][..., -1:]
+      logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if self.top_p is not None and self.top_p < 1:
+      sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+      probs = jax.nn.softmax(sorted_logits, axis=-1)
+      mass_before = jnp.cumsum(probs, axis=-1) - probs
+      # Smallest logit that still belongs to the nucleus (the top token always does).
+      cutoff = jnp.min(jnp.where(mass_before < self.top_p, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+      logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return logits
+
+  def sample(self, key: jax.Array, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    filtered = self.filter_logits(logits)
+    tokens = jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
+    logps = jnp.take_along_axis(jax.nn.log_softmax(filtered, axis=-1), tokens[:, None], axis=-1)[:, 0]
+    return tokens, logps
+
+
+def strategy_for(temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None):
+  return Greedy() if temperature == 0.0 else Sampling(temperature, top_k, top_p)
+
+
+@flax.struct.dataclass
+class SampleOutput:
+  """Arrays of one sampling call; rows are `B*k`, row b*k + j = sample j of prompt b.
+
+  Attributes:
+    tokens: int32[R, N] generated tokens, `pad_id` after a row finished.
+    logps: f32[R, N] log-probs under the sampling distribution (temperature/top-k/top-p applied; 0 for greedy).
+    model_logps: f32[R, N] log-probs under the raw model (temperature 1, no filtering).
+    lengths: int32[R] generated tokens including the EOS that ended the row.
+    done: bool[R] the row ended with EOS (False: stopped by max_new_tokens).
+  """
+
+  tokens: jax.Array
+  logps: jax.Array
+  model_logps: jax.Array
+  lengths: jax.Array
+  done: jax.Array
+
+
+def _expand_cache(cache: Cache, row_source: jax.Array) -> Cache:
+  return Cache(k=jnp.take(cache.k, row_source, axis=1), v=jnp.take(cache.v, row_source, axis=1),
+               key_positions=jnp.take(cache.key_positions, row_source, axis=0), index=cache.index)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_length"))
+def prefill(graphdef, state, prompt_tokens: jax.Array, prompt_mask: jax.Array, row_source: jax.Array, *,
+            cache_length: int) -> tuple[Cache, jax.Array, jax.Array]:
+  """Runs each distinct prompt once and gathers its cache rows for every sample that continues it.
+
+  Args:
+    graphdef, state: `nnx.split(model)`.
+    prompt_tokens, prompt_mask: [P, T] left-padded distinct prompts.
+    row_source: int32[R] prompt row each output row continues (e.g. repeat(arange(P), k): groups contiguous).
+    cache_length: T + max_new_tokens.
+
+  Returns:
+    cache with R rows, next-token logits f32[R, V], and each row's next position int32[R].
+  """
+  model: Transformer = nnx.merge(graphdef, state)
+  positions = jnp.maximum(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=-1) - 1, 0)
+  cache = model.init_cache(prompt_tokens.shape[0], cache_length)
+  hidden, cache = model.hidden_states(prompt_tokens, positions, prompt_mask, cache=cache)
+  logits = model.logits(hidden[:, -1:])[:, 0]
+  return (_expand_cache(cache, row_source), jnp.take(logits, row_source, axis=0),
+          jnp.take(positions[:, -1] + 1, row_source, axis=0))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "strategy", "eos_ids", "pad_id"),
+                   donate_argnames=("cache",))
+def decode(graphdef, state, cache: Cache, logits: jax.Array, next_position: jax.Array, key: jax.Array, *,
+           max_new_tokens: int, strategy, eos_ids: tuple[int, ...], pad_id: int) -> tuple[SampleOutput, Cache]:
+  """Samples up to `max_new_tokens` per row with a `lax.while_loop`; the donated cache is updated in place.
+
+  The final cache is returned so the donated input buffer can alias it (and a caller could continue decoding).
+
+  Step s draws with fold_in(key, s): results depend only on the seed and the shapes. The loop exits early once
+  every row has produced an EOS.
+  """
+  model: Transformer = nnx.merge(graphdef, state)
+  rows = logits.shape[0]
+  eos = jnp.asarray(eos_ids, jnp.int32)
+
+  def step(carry):
+    s, cache, logits, out, done, lengths = carry
+    token, logp = strategy.sample(jax.random.fold_in(key, s), logits)
+    model_logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
+    token = jnp.where(done, pad_id, token)
+    put = lambda buf, val: jax.lax.dynamic_update_slice(buf, val[:, None].astype(buf.dtype), (0, s))
+    out = dict(tokens=put(out["tokens"], token), logps=put(out["logps"], jnp.where(done, 0.0, logp)),
+               model_logps=put(out["model_logps"], jnp.where(done, 0.0, model_logp)))
+    lengths = lengths + (~done).astype(jnp.int32)
+    done = done | jnp.isin(token, eos)
+    # Finished rows keep decoding padding (their outputs are masked above): one shape for the whole batch.
+    hidden, cache = model.hidden_states(token[:, None], (next_position + s)[:, None], cache=cache)
+    return s + 1, cache, model.logits(hidden)[:, 0], out, done, lengths
+
+  def keep_going(carry):
+    s, _, _, _, done, _ = carry
+    return (s < max_new_tokens) & ~jnp.all(done)
+
+  out = dict(tokens=jnp.full((rows, max_new_tokens), pad_id, jnp.int32),
+             logps=jnp.zeros((rows, max_new_tokens), jnp.float32),
+             model_logps=jnp.zeros((rows, max_new_tokens), jnp.float32))
+  init = (jnp.zeros((), jnp.int32), cache, logits, out, jnp.zeros((rows,), jnp.bool_), jnp.zeros((rows,), jnp.int32))
+  _, cache, _, out, done, lengths = jax.lax.while_loop(keep_going, step, init)
+  return SampleOutput(tokens=out["tokens"], logps=out["logps"], model_logps=out["model_logps"], lengths=lengths,
+                      done=done), cache
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationResult:
+  """Output of `generate`; rows are `len(prompts) * num_samples`, samples of one prompt contiguous.
+
+  `prompt_tokens`/`prompt_mask` hold the distinct prompts actually prefilled and `row_source[r]` the one row r
+  continues, so a trainer can rebuild prompt + completion without re-tokenizing.
+  """
+
+  texts: list[str]
+  tokens: np.ndarray
+  logps: np.ndarray
+  model_logps: np.ndarray
+  lengths: np.ndarray
+  done: np.ndarray
+  prompt_tokens: np.ndarray
+  prompt_mask: np.ndarray
+  row_source: np.ndarray
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, *, multiple: int = 1,
+             max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Left-pads token lists to a common length rounded up to `multiple` (fewer distinct shapes, fewer compiles)."""
+  longest = max(len(s) for s in sequences)
+  length = -(-longest // multiple) * multiple
+  if max_length is not None:
+    length = max(longest, min(length, max_length))
+  tokens = np.full((len(sequences), length), pad_id, np.int32)
+  mask = np.zeros((len(sequences), length), np.bool_)
+  for i, seq in enumerate(sequences):
+    if len(seq):
+      tokens[i, length - len(seq):] = seq
+      mask[i, length - len(seq):] = True
+  return tokens, mask
+
+
+def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+                       num_samples: int = 1, strategy=Greedy(), seed: int | jax.Array = 0,
+                       eos_ids: Sequence[int] = (1,), pad_id: int = 0, length_multiple: int = 64,
+                       mesh: jax.sharding.Mesh | None = None) -> tuple[SampleOutput, np.ndarray, np.ndarray,
+                                                                        np.ndarray]:
+  """Token-level sampling: identical prompts are prefilled once; returns (output, prompt tokens, mask, row_source)."""
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  if not prompts:
+    raise ValueError("no prompts given")
+  cfg = model.cfg
+  for i, p in enumerate(prompts):
+    if not len(p):
+      raise ValueError(f"prompt {i} is empty (it needs at least a BOS token)")
+    if len(p) + max_new_tokens > cfg.max_seq_len:
+      raise ValueError(f"prompt {i} has {len(p)} tokens; with max_new_tokens={max_new_tokens} that exceeds the "
+                       f"model's context of {cfg.max_seq_len} tokens")
+  distinct: dict[tuple[int, ...], int] = {}
+  prompt_rows = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+  row_source = np.repeat(np.asarray(prompt_rows, np.int32), num_samples)
+  tokens, mask = left_pad(list(distinct), pad_id, multiple=length_multiple,
+                          max_length=cfg.max_seq_len - max_new_tokens)
+  graphdef, state = nnx.split(model)
+  key = jax.random.key(seed) if isinstance(seed, int) else seed
+  if mesh is not None:
+    from spct_jax import sharding  # pylint: disable=g-import-not-at-top
+    tokens, mask = (sharding.put_sharded(a, sharding.batch_sharding(a.shape, mesh)) for a in (tokens, mask))
+  cache, logits, next_position = prefill(graphdef, state, tokens, mask, row_source,
+                                         cache_length=tokens.shape[1] + max_new_tokens)
+  out, _ = decode(graphdef, state, cache, logits, next_position, key, max_new_tokens=max_new_tokens,
+               strategy=strategy, eos_ids=tuple(int(e) for e in eos_ids), pad_id=pad_id)
+  return out, np.asarray(tokens), np.asarray(mask), row_source
+
+
+def generate(model: Transformer, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, num_samples: int = 1,
+             temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+             mesh: jax.sharding.Mesh | None = None, eos_ids: Sequence[int] | None = None,
+             add_bos: bool = True) -> GenerationResult:
+  """Samples `num_samples` continuations of every prompt (greedy when temperature is 0).
+
+  Example:
+    model, tok = spct_jax.load_model("gemma3-270m")
+    out = spct_jax.generate(model, tok, ["The capital of France is"], max_new_tokens=8)
+    out.texts[0]
+  """
+  if isinstance(prompts, str):
+    raise TypeError("prompts must be a list of strings, not a single string")
+  eos_ids = tuple(eos_ids) if eos_ids is not None else (tokenizer.eos_id,)
+  encoded = [tokenizer.encode(p, add_bos=add_bos) for p in prompts]
+  out, prompt_tokens, prompt_mask, row_source = sample_from_tokens(
+      model, encoded, max_new_tokens=max_new_tokens, num_samples=num_samples,
+      strategy=strategy_for(temperature, top_k, top_p), seed=seed, eos_ids=eos_ids, pad_id=tokenizer.pad_id,
+      mesh=mesh)
+  out = jax.device_get(out)
+  texts = [tokenizer.decode([t for t in row[:n] if t not in eos_ids]) for row, n in zip(out.tokens, out.lengths)]
+  return GenerationResult(texts=texts, tokens=out.tokens, logps=out.logps, model_logps=out.model_logps,
+                          lengths=out.lengths, done=out.done, prompt_tokens=prompt_tokens, prompt_mask=prompt_mask,
+                          row_source=row_source)

@@ -1,0 +1,101 @@
+"""Sampler: greedy equals step-by-step argmax, prefill sharing, determinism, EOS, filters, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from spct_jax import sampler
+from spct_jax.model import Transformer, get_config
+
+PROMPTS = [[2, 5, 6, 7, 8, 9, 10, 11, 12, 13], [2, 40, 41], [2, 99, 98, 97, 96]]
+
+
+@pytest.fixture(scope="module")
+def model():
+  return Transformer(get_config("tiny-gemma3"), rngs=nnx.Rngs(0))
+
+
+def _reference_greedy(model, prompt, steps):
+  seq = list(prompt)
+  for _ in range(steps):
+    seq.append(int(jnp.argmax(model(jnp.asarray([seq], jnp.int32))[0, -1])))
+  return seq[len(prompt):]
+
+
+def test_greedy_equals_full_forward_argmax_with_mixed_prompt_lengths(model):
+  out, _, _, row_source = sampler.sample_from_tokens(model, PROMPTS, max_new_tokens=10, eos_ids=(1,),
+                                                     length_multiple=16)
+  np.testing.assert_array_equal(row_source, [0, 1, 2])
+  for i, prompt in enumerate(PROMPTS):
+    assert list(np.asarray(out.tokens[i])) == _reference_greedy(model, prompt, 10)
+  # Greedy raw-model log-probs are the log-softmax of the step's logits at the chosen token.
+  seq = PROMPTS[1] + [int(t) for t in out.tokens[1, :3]]
+  logits = model(jnp.asarray([seq[:-1]], jnp.int32))[0, -1]
+  np.testing.assert_allclose(out.model_logps[1, 2], jax.nn.log_softmax(logits)[seq[-1]], atol=1e-5)
+
+
+def test_k_samples_share_one_prefill_and_groups_are_contiguous(model):
+  out, tokens, _, row_source = sampler.sample_from_tokens(
+      model, [PROMPTS[0], PROMPTS[1], PROMPTS[0]], max_new_tokens=6, num_samples=4,
+      strategy=sampler.Sampling(1.0), seed=3)
+  assert tokens.shape[0] == 2, "identical prompts are prefilled once"
+  np.testing.assert_array_equal(row_source, [0] * 4 + [1] * 4 + [0] * 4)
+  assert out.tokens.shape == (12, 6)
+  assert len({tuple(np.asarray(r)) for r in out.tokens[:4]}) > 1, "samples of one prompt should differ at T=1"
+
+
+def test_sampling_is_deterministic_per_seed(model):
+  run = lambda seed: np.asarray(sampler.sample_from_tokens(
+      model, PROMPTS, max_new_tokens=8, num_samples=2, strategy=sampler.Sampling(1.0, top_k=50), seed=seed)[0].tokens)
+  np.testing.assert_array_equal(run(7), run(7))
+  assert not np.array_equal(run(7), run(8))
+
+
+def test_eos_stops_a_row_and_pads_the_rest(model):
+  greedy = _reference_greedy(model, PROMPTS[0], 8)
+  eos = greedy[3]
+  first = greedy.index(eos)
+  out, *_ = sampler.sample_from_tokens(model, PROMPTS[:2], max_new_tokens=8, eos_ids=(eos,), pad_id=0)
+  row = np.asarray(out.tokens[0])
+  assert list(row[:first + 1]) == greedy[:first + 1]
+  assert (row[first + 1:] == 0).all()
+  assert int(out.lengths[0]) == first + 1 and bool(out.done[0])
+  assert (np.asarray(out.logps[0, first + 1:]) == 0).all()
+  other = _reference_greedy(model, PROMPTS[1], 8)
+  if eos not in other:
+    assert int(out.lengths[1]) == 8 and not bool(out.done[1])
+
+
+def test_top_k_one_and_tiny_top_p_equal_greedy(model):
+  greedy = sampler.sample_from_tokens(model, PROMPTS, max_new_tokens=6)[0].tokens
+  for strategy in (sampler.Sampling(0.7, top_k=1), sampler.Sampling(1.0, top_p=1e-6)):
+    np.testing.assert_array_equal(sampler.sample_from_tokens(model, PROMPTS, max_new_tokens=6,
+                                                             strategy=strategy, seed=5)[0].tokens, greedy)
+
+
+def test_filters_match_numpy():
+  logits = jnp.asarray(np.random.default_rng(0).normal(size=(3, 50)), jnp.float32)
+  filtered = np.asarray(sampler.Sampling(0.5, top_p=0.6).filter_logits(logits))
+  for row, out in zip(np.asarray(logits) / 0.5, filtered):
+    order = np.argsort(-row)
+    probs = np.exp(row[order] - row.max())
+    probs /= probs.sum()
+    keep = order[: int(np.searchsorted(np.cumsum(probs), 0.6) + 1)]
+    assert set(np.flatnonzero(np.isfinite(out))) == set(keep)
+  top3 = np.asarray(sampler.Sampling(1.0, top_k=3).filter_logits(logits))
+  assert (np.isfinite(top3).sum(-1) == 3).all()
+
+
+def test_bad_arguments_raise_clear_errors(model):
+  with pytest.raises(ValueError, match="num_samples must be >= 1"):
+    sampler.sample_from_tokens(model, PROMPTS, max_new_tokens=4, num_samples=0)
+  with pytest.raises(ValueError, match="exceeds the model's context of 256"):
+    sampler.sample_from_tokens(model, PROMPTS, max_new_tokens=250)
+  with pytest.raises(ValueError, match="prompt 1 is empty"):
+    sampler.sample_from_tokens(model, [[2], []], max_new_tokens=4)
+  with pytest.raises(ValueError, match="temperature must be > 0"):
+    sampler.Sampling(0.0)
+  with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+    sampler.sample_from_tokens(model, PROMPTS, max_new_tokens=0)
