@@ -228,7 +228,8 @@ def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, 
   key = jax.random.key(seed) if isinstance(seed, int) else seed
   if mesh is not None:
     from spct_jax import sharding  # pylint: disable=g-import-not-at-top
-    tokens, mask = (sharding.put_sharded(a, sharding.batch_sharding(a.shape, mesh)) for a in (tokens, mask))
+    tokens, mask = (sharding.put_sharded(a, sharding.activation_sharding(a.shape, ("batch", "length"), mesh))
+                    for a in (tokens, mask))
   cache, logits, next_position = prefill(graphdef, state, tokens, mask, row_source,
                                          cache_length=tokens.shape[1] + max_new_tokens)
   out, _ = decode(graphdef, state, cache, logits, next_position, key, max_new_tokens=max_new_tokens,
