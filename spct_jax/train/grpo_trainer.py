@@ -1,0 +1,150 @@
+"""GRPO on token level: rollouts of G samples per prompt -> rewards -> group advantages -> jitted update(s).
+
+Rewards come from the caller (the GRM loop uses Eq. 11 on parsed scores; tests may use any function of the
+tokens), so this module knows nothing about text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from spct_jax import grpo, logprobs, sampler
+from spct_jax import sharding as shd
+from spct_jax.model.transformer import default_positions
+from spct_jax.train import losses
+from spct_jax.train.step import OptimizerConfig, TrainState, init_train_state, make_optimizer, make_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+  """GRPO hyper-parameters (spec sec. 4). Paper (27B): G=4, beta=0.08, lr 4e-7, batch 512, 900 steps.
+
+  num_iterations: mu, updates per rollout batch (1 = on-policy: the ratio is 1 and old log-probs need no pass).
+  temperature: rollout sampling temperature (the paper does not give it).
+  """
+
+  group_size: int = 4
+  beta: float = 0.08
+  epsilon: float = 0.2
+  epsilon_high: float | None = None
+  kl_estimator: str = "k3"
+  aggregation: str = "sequence-mean-token-mean"
+  advantage_eps: float = 1e-4
+  advantage_std_ddof: int = 1
+  scale_advantages_by_std: bool = True
+  num_iterations: int = 1
+  temperature: float = 1.0
+  top_k: int | None = None
+  top_p: float | None = None
+  max_new_tokens: int = 256
+  logprob_chunk_size: int | None = None
+
+
+def assemble_batch(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, row_source: np.ndarray,
+                   out: sampler.SampleOutput) -> dict[str, np.ndarray]:
+  """prompt (left-padded) + completion rows: tokens/mask [R, T+N], completion_mask f32[R, N]."""
+  completion = np.asarray(out.tokens)
+  n = completion.shape[1]
+  completion_mask = np.arange(n)[None, :] < np.asarray(out.lengths)[:, None]
+  return {
+      "tokens": np.concatenate([prompt_tokens[row_source], completion], axis=1).astype(np.int32),
+      "mask": np.concatenate([prompt_mask[row_source], completion_mask], axis=1),
+      "completion_mask": completion_mask.astype(np.float32),
+  }
+
+
+def completion_logps(model, tokens: jax.Array, mask: jax.Array, num_completion: int, *, mesh=None,
+                     rules=shd.DEFAULT_RULES, chunk_size: int | None = None) -> jax.Array:
+  """f32[R, N] log-probs of the last N tokens, through the (vocab-parallel with a mesh) log-prob path."""
+  cfg = model.cfg
+  positions = default_positions(mask)
+  hidden, _ = model.hidden_states(tokens[:, :-1], positions[:, :-1], mask[:, :-1])
+  return logprobs.token_logprobs(hidden[:, -num_completion:], model.embedding[...], tokens[:, -num_completion:],
+                                 mesh=mesh, rules=rules, final_softcap=cfg.final_logit_softcap,
+                                 compute_dtype=cfg.compute_jnp_dtype, chunk_size=chunk_size)
+
+
+def grpo_objective(cfg: GRPOConfig, *, mesh=None, rules=shd.DEFAULT_RULES):
+  """loss_fn(model, ref_state, batch) for `make_train_step`; ref_state is the frozen reference's parameters."""
+
+  def loss_fn(model, ref_state, batch):
+    n = batch["completion_mask"].shape[1]
+    logps = completion_logps(model, batch["tokens"], batch["mask"], n, mesh=mesh, rules=rules,
+                             chunk_size=cfg.logprob_chunk_size)
+    ref_logps = None
+    if cfg.beta:
+      ref_model = nnx.merge(nnx.graphdef(model), ref_state)
+      ref_logps = jax.lax.stop_gradient(completion_logps(ref_model, batch["tokens"], batch["mask"], n, mesh=mesh,
+                                                         rules=rules, chunk_size=cfg.logprob_chunk_size))
+    return grpo.grpo_loss(logps, batch.get("old_logps"), ref_logps, batch["advantages"], batch["completion_mask"],
+                          epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta,
+                          kl_estimator=cfg.kl_estimator, aggregation=cfg.aggregation)
+
+  return loss_fn
+
+
+def sft_objective(*, mesh=None, rules=shd.DEFAULT_RULES):
+  """Next-token cross-entropy on the completion tokens (RFT's SFT stage uses the same train step)."""
+
+  def loss_fn(model, _, batch):
+    n = batch["completion_mask"].shape[1]
+    logps = completion_logps(model, batch["tokens"], batch["mask"], n, mesh=mesh, rules=rules)
+    return losses.token_cross_entropy(logps, batch["completion_mask"])
+
+  return loss_fn
+
+
+class GRPOTrainer:
+  """Holds the policy's train state, the frozen reference and the jitted step."""
+
+  def __init__(self, model, cfg: GRPOConfig, opt_cfg: OptimizerConfig, *, mesh=None, rules=shd.DEFAULT_RULES):
+    self.cfg, self.mesh, self.rules = cfg, mesh, rules
+    self.optimizer = make_optimizer(opt_cfg)
+    self.state: TrainState = init_train_state(model, self.optimizer, opt_cfg.trainable, mesh=mesh)
+    # The reference is the starting policy: a copy, so donated policy buffers never alias it.
+    self.ref_state = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param)) if cfg.beta else None
+    self._step = make_train_step(grpo_objective(cfg, mesh=mesh, rules=rules), self.optimizer, self.state, mesh=mesh,
+                                 rules=rules)
+    self._old_logps = jax.jit(lambda model, tokens, mask, n: completion_logps(model, tokens, mask, n, mesh=mesh,
+                                                                              rules=rules),
+                              static_argnums=3)
+
+  @property
+  def model(self):
+    return self.state.model()
+
+  def rollout(self, prompts: Sequence[Sequence[int]], *, seed: int | jax.Array, eos_ids: Sequence[int],
+              pad_id: int) -> tuple[dict[str, np.ndarray], Any]:
+    """G samples of every prompt (one prefill each). Returns the batch arrays and the raw sampler output."""
+    cfg = self.cfg
+    out, prompt_tokens, prompt_mask, row_source = sampler.sample_from_tokens(
+        self.model, prompts, max_new_tokens=cfg.max_new_tokens, num_samples=cfg.group_size,
+        strategy=sampler.strategy_for(cfg.temperature, cfg.top_k, cfg.top_p), seed=seed, eos_ids=eos_ids,
+        pad_id=pad_id, mesh=self.mesh)
+    out = jax.device_get(out)
+    return assemble_batch(prompt_tokens, prompt_mask, row_source, out), out
+
+  def update(self, batch: dict[str, np.ndarray], rewards: np.ndarray) -> dict[str, float]:
+    """Group advantages from `rewards` f32[B*G], then `num_iterations` jitted steps on the batch."""
+    cfg = self.cfg
+    advantages = grpo.group_advantages(jnp.asarray(rewards, jnp.float32), cfg.group_size, eps=cfg.advantage_eps,
+                                       std_ddof=cfg.advantage_std_ddof, scale_by_std=cfg.scale_advantages_by_std)
+    batch = dict(batch, advantages=advantages)
+    if cfg.num_iterations > 1:  # mu > 1: ratios are against the rollout policy, fixed before the first update
+      batch["old_logps"] = self._old_logps(self.model, jnp.asarray(batch["tokens"]), jnp.asarray(batch["mask"]),
+                                           batch["completion_mask"].shape[1])
+    metrics = {}
+    for _ in range(cfg.num_iterations):
+      metrics = self._step(self.state, self.ref_state, batch)
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    groups = np.asarray(rewards).reshape(-1, cfg.group_size)
+    metrics.update(reward_mean=float(np.mean(rewards)),
+                   nonzero_advantage_groups=float(np.mean(groups.max(axis=1) > groups.min(axis=1))),
+                   completion_tokens=float(np.sum(batch["completion_mask"])))
+    return metrics
