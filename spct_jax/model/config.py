@@ -28,6 +28,10 @@ class ModelConfig:
     max_seq_len: longest sequence (prompt + generation) the model is used with.
     param_dtype: storage dtype of the parameters.
     compute_dtype: dtype of matmul inputs (accumulation, norms, softmax and residual stay float32).
+    float32_attention: q.k and probs.v in float32 even when compute_dtype is bf16 (weights matmuls stay bf16): more
+      faithful bf16 path for a small cost; set False for speed on long contexts.
+    remat: recompute each block in the backward pass instead of storing its activations (jax.checkpoint per
+      scanned layer): training memory becomes one layer's attention, not all of them. No cost without autodiff.
   """
 
   num_layers: int
@@ -50,6 +54,8 @@ class ModelConfig:
   max_seq_len: int = 8192
   param_dtype: str = "float32"
   compute_dtype: str = "float32"
+  float32_attention: bool = True
+  remat: bool = True
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:

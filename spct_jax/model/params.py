@@ -51,7 +51,7 @@ def model_from_flat(cfg: ModelConfig, flat: Mapping[str, np.ndarray], *, mesh: j
 
   def fill(path, variable):
     key = "/".join(map(str, path))
-    return variable.replace(place(key, np.asarray(flat[key]).astype(dtype)))
+    return variable.replace(place(key, np.asarray(flat[key]).astype(dtype, copy=False)))
 
   filled = nnx.from_flat_state([(path, fill(path, v)) for path, v in nnx.to_flat_state(state)])
   return nnx.merge(graphdef, filled)

@@ -205,6 +205,8 @@ class Transformer(nnx.Module):
                      write_index=write_index)
       return (x, kv), None
 
+    if cfg.remat:
+      layer = jax.checkpoint(layer)
     (x, kv), _ = jax.lax.scan(layer, (x, kv), (self.blocks.as_dict(), is_global, jnp.arange(cfg.num_layers)))
     hidden = rms_norm(x, self.final_norm[...], cfg.rms_eps)
     if cache is None:
@@ -212,9 +214,9 @@ class Transformer(nnx.Module):
     return hidden, Cache(k=kv[0], v=kv[1], key_positions=key_positions, index=cache.index + tokens.shape[1])
 
 
-def _dot(equation: str, a: jax.Array, b: jax.Array, cfg: ModelConfig) -> jax.Array:
+def _dot(equation: str, a: jax.Array, b: jax.Array, cfg: ModelConfig, *, attention: bool = False) -> jax.Array:
   """Matmul in the compute dtype with f32 accumulation (bf16 on AMX/TPU/GPU is the fast path)."""
-  dtype = cfg.compute_jnp_dtype
+  dtype = jnp.float32 if attention and cfg.float32_attention else cfg.compute_jnp_dtype
   precision = jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None
   return jnp.einsum(equation, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32,
                     precision=precision)
@@ -249,11 +251,11 @@ def _block(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array, *, mask: jax
   b, t, n, hd = q.shape
   groups = n // cfg.num_kv_heads
   q = q.reshape(b, t, cfg.num_kv_heads, groups, hd)
-  scores = _dot("btkgh,bskh->bkgts", q, keys, cfg)
+  scores = _dot("btkgh,bskh->bkgts", q, keys, cfg, attention=True)
   scores = softcap(scores, cfg.attn_logit_softcap)
   scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
   probs = jax.nn.softmax(scores, axis=-1)
-  attended = _dot("bkgts,bskh->btkgh", probs, values, cfg).reshape(b, t, n, hd)
+  attended = _dot("bkgts,bskh->btkgh", probs, values, cfg, attention=True).reshape(b, t, n, hd)
   attn_out = _dot("btnh,nhd->btd", attended, p["o_proj"], cfg)
   x = x + rms_norm(attn_out, p["post_attn_norm"], cfg.rms_eps)
 
