@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import jax
 from flax import nnx
@@ -14,8 +15,12 @@ log = logging.getLogger(__name__)
 
 
 def build_mesh(config) -> jax.sharding.Mesh | None:
-  """`config.mesh` (data/fsdp/tensor sizes) -> Mesh; None when absent or a single device would do."""
-  shd.maybe_initialize_distributed()
+  """`config.mesh` (data/fsdp/tensor sizes) -> Mesh; None when absent or a single device would do.
+
+  Multi-process runs are detected from the environment (SLURM, MPI, JAX_COORDINATOR_ADDRESS, ...); TPU VMs set none
+  of those, so the pod launcher exports SPCT_DISTRIBUTED=1 to force `jax.distributed.initialize()`.
+  """
+  shd.maybe_initialize_distributed(force=os.environ.get("SPCT_DISTRIBUTED") == "1")
   mesh_cfg = config.get("mesh")
   if mesh_cfg is None or jax.device_count() == 1:
     return None

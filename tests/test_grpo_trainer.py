@@ -77,3 +77,34 @@ def test_trainable_regex_that_matches_nothing_raises():
   model = Transformer(get_config("tiny-gemma3"), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="matches no parameter"):
     split_params(model, "^nothing$")
+
+
+@pytest.mark.parametrize("preset", ["tiny-gemma2", "tiny-gemma3"])
+def test_shared_prompt_logps_equal_full_sequences_values_and_gradients(preset):
+  """Running each prompt once and gathering its keys is the same function as the concatenated rows."""
+  from spct_jax.model.transformer import default_positions
+  from spct_jax.train.grpo_trainer import assemble_batch, completion_logps
+  model = Transformer(get_config(preset), rngs=nnx.Rngs(2))
+  trainer = GRPOTrainer(model, GRPOConfig(group_size=3, max_new_tokens=12, temperature=1.0, beta=0.0),
+                        OptimizerConfig())
+  batch, _ = trainer.rollout([[2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], [2, 40, 41]], seed=1, eos_ids=(1,),
+                             pad_id=0)
+  lengths = np.array([12, 5, 1, 12, 8, 3])  # rows that ended early: padding after their EOS
+  batch["completion_mask"] = (np.arange(12)[None] < lengths[:, None]).astype(np.float32)
+  batch["completion"] = np.where(batch["completion_mask"] > 0, batch["completion"], 0)
+  batch = {k: jnp.asarray(v) for k, v in batch.items()}
+
+  def full_logps(m):  # the plain reference: every row's prompt + completion through the model
+    tokens = jnp.concatenate([batch["prompt_tokens"][batch["row_source"]], batch["completion"]], 1)
+    mask = jnp.concatenate([batch["prompt_mask"][batch["row_source"]], batch["completion_mask"] > 0], 1)
+    logits = m.logits(m.hidden_states(tokens[:, :-1], default_positions(mask)[:, :-1], mask[:, :-1])[0])
+    n = batch["completion"].shape[1]
+    return jnp.take_along_axis(jax.nn.log_softmax(logits[:, -n:]), batch["completion"][..., None], -1)[..., 0]
+
+  weights = batch["completion_mask"]
+  shared = completion_logps(model, batch)
+  np.testing.assert_allclose(shared * weights, full_logps(model) * weights, atol=2e-5)
+  g_shared = nnx.state(nnx.grad(lambda m: (completion_logps(m, batch) * weights).sum())(model), nnx.Param)
+  g_full = nnx.state(nnx.grad(lambda m: (full_logps(m) * weights).sum())(model), nnx.Param)
+  for (path, a), (_, b) in zip(nnx.to_flat_state(g_shared), nnx.to_flat_state(g_full)):
+    np.testing.assert_allclose(np.asarray(a[...]), np.asarray(b[...]), atol=5e-5, rtol=1e-4, err_msg=str(path))

@@ -214,6 +214,60 @@ class Transformer(nnx.Module):
     return hidden, Cache(k=kv[0], v=kv[1], key_positions=key_positions, index=cache.index + tokens.shape[1])
 
 
+  def shared_prefix_hidden_states(self, prefix_tokens: jax.Array, prefix_mask: jax.Array, row_source: jax.Array,
+                                  suffix_tokens: jax.Array, suffix_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Hidden states of R sequences `prefix[row_source[r]] + suffix[r]`, each distinct prefix computed once.
+
+    GRPO's G samples of an item share its (long) prompt: the prompt rows run once per item, and every completion
+    row attends to its prompt's keys gathered by `row_source`. Gradients sum through the gather, so this is the
+    same function as running the R concatenated rows, at 1/G of the prompt cost.
+
+    Args:
+      prefix_tokens, prefix_mask: [P, T] left-padded prompts.
+      row_source: int32[R] prompt of each row.
+      suffix_tokens, suffix_mask: [R, N] right-padded continuations (mask 1 = real token).
+
+    Returns:
+      (prefix hidden f32[P, T, D], suffix hidden f32[R, N, D]), after the final norm.
+    """
+    cfg = self.cfg
+    prefix_mask, suffix_mask = prefix_mask.astype(jnp.bool_), suffix_mask.astype(jnp.bool_)
+    prefix_pos = default_positions(prefix_mask)
+    suffix_pos = jnp.take(prefix_pos[:, -1], row_source)[:, None] + 1 + jnp.arange(suffix_tokens.shape[1])
+    prefix_keys = jnp.where(prefix_mask, prefix_pos, -1)
+    joint_keys = jnp.concatenate([jnp.take(prefix_keys, row_source, axis=0),
+                                  jnp.where(suffix_mask, suffix_pos, -1)], axis=1)
+    windows = {"local": cfg.sliding_window, "global": None}
+    masks = {kind: (make_attention_mask(prefix_pos, prefix_keys, w), make_attention_mask(suffix_pos, joint_keys, w))
+             for kind, w in windows.items()}
+    bases = {"local": (cfg.rope_local_base, 1.0), "global": (cfg.rope_global_base, cfg.rope_global_scale)}
+    ropes = {kind: (rope_tables(prefix_pos, cfg.head_dim, *b), rope_tables(suffix_pos, cfg.head_dim, *b))
+             for kind, b in bases.items()}
+    embed = lambda t: self.embedding[...][t].astype(jnp.float32) * math.sqrt(cfg.embed_dim)
+    is_global = jnp.array([kind == "global" for kind in cfg.layer_kinds])
+    dtype = cfg.compute_jnp_dtype
+
+    def layer(carry, xs):
+      xp, xs_ = carry
+      params, layer_is_global = xs
+      pick = lambda tree: jax.tree.map(lambda a, b: jnp.where(layer_is_global, b, a), tree["local"], tree["global"])
+      (mask_p, mask_s), (rope_p, rope_s) = pick(masks), pick(ropes)
+      qp, kp, vp = _project_qkv(cfg, params, xp, rope_p)
+      qs, ks, vs = _project_qkv(cfg, params, xs_, rope_s)
+      kp, vp, ks, vs = (a.astype(dtype) for a in (kp, vp, ks, vs))
+      keys = jnp.concatenate([jnp.take(kp, row_source, axis=0), ks], axis=1)
+      values = jnp.concatenate([jnp.take(vp, row_source, axis=0), vs], axis=1)
+      xp = _finish_block(cfg, params, xp, _attend(cfg, qp, kp, vp, mask_p))
+      xs_ = _finish_block(cfg, params, xs_, _attend(cfg, qs, keys, values, mask_s))
+      return (xp, xs_), None
+
+    if cfg.remat:
+      layer = jax.checkpoint(layer)
+    (xp, xs_), _ = jax.lax.scan(layer, (embed(prefix_tokens), embed(suffix_tokens)), (self.blocks.as_dict(), is_global))
+    norm = lambda x: rms_norm(x, self.final_norm[...], cfg.rms_eps)
+    return norm(xp), norm(xs_)
+
+
 def _dot(equation: str, a: jax.Array, b: jax.Array, cfg: ModelConfig, *, attention: bool = False) -> jax.Array:
   """Matmul in the compute dtype with f32 accumulation (bf16 on AMX/TPU/GPU is the fast path)."""
   dtype = jnp.float32 if attention and cfg.float32_attention else cfg.compute_jnp_dtype
@@ -222,10 +276,9 @@ def _dot(equation: str, a: jax.Array, b: jax.Array, cfg: ModelConfig, *, attenti
                     precision=precision)
 
 
-def _block(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array, *, mask: jax.Array,
-           rope: tuple[jax.Array, jax.Array], kv: tuple[jax.Array, jax.Array] | None, layer_index: jax.Array,
-           write_index: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-  """One decoder block. x: f32[B, T, D]; kv: full-model caches [L, B, S, K, H] updated in place at layer_index."""
+def _project_qkv(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array,
+                 rope: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """q f32[B, T, N, H] (scaled), k f32[B, T, K, H] (after RoPE), v [B, T, K, H]."""
   h = rms_norm(x, p["attn_norm"], cfg.rms_eps)
   q = _dot("btd,dnh->btnh", h, p["q_proj"], cfg)
   k = _dot("btd,dkh->btkh", h, p["k_proj"], cfg)
@@ -234,9 +287,36 @@ def _block(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array, *, mask: jax
     q = rms_norm(q, p["q_norm"], cfg.rms_eps)
     k = rms_norm(k, p["k_norm"], cfg.rms_eps)
   sin, cos = rope
-  q = apply_rope(q, sin, cos) * cfg.query_pre_attn_scalar**-0.5
-  k = apply_rope(k, sin, cos)
+  return apply_rope(q, sin, cos) * cfg.query_pre_attn_scalar**-0.5, apply_rope(k, sin, cos), v
 
+
+def _attend(cfg: ModelConfig, q: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array) -> jax.Array:
+  """GQA attention. q [B, T, N, H], keys/values [B, S, K, H], mask bool[B, T, S] -> [B, T, N, H]."""
+  b, t, n, hd = q.shape
+  q = q.reshape(b, t, cfg.num_kv_heads, n // cfg.num_kv_heads, hd)
+  scores = _dot("btkgh,bskh->bkgts", q, keys, cfg, attention=True)
+  scores = softcap(scores, cfg.attn_logit_softcap)
+  scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
+  probs = jax.nn.softmax(scores, axis=-1)
+  return _dot("bkgts,bskh->btkgh", probs, values, cfg, attention=True).reshape(b, t, n, hd)
+
+
+def _finish_block(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array, attended: jax.Array) -> jax.Array:
+  """Output projection, post-attention norm, residual, then the GeGLU MLP with its norms and residual."""
+  attn_out = _dot("btnh,nhd->btd", attended, p["o_proj"], cfg)
+  x = x + rms_norm(attn_out, p["post_attn_norm"], cfg.rms_eps)
+  h = rms_norm(x, p["ffw_norm"], cfg.rms_eps)
+  gate = _dot("btd,df->btf", h, p["gate_proj"], cfg)
+  up = _dot("btd,df->btf", h, p["up_proj"], cfg)
+  mlp_out = _dot("btf,fd->btd", jax.nn.gelu(gate, approximate=True) * up, p["down_proj"], cfg)
+  return x + rms_norm(mlp_out, p["post_ffw_norm"], cfg.rms_eps)
+
+
+def _block(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array, *, mask: jax.Array,
+           rope: tuple[jax.Array, jax.Array], kv: tuple[jax.Array, jax.Array] | None, layer_index: jax.Array,
+           write_index: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+  """One decoder block. x: f32[B, T, D]; kv: full-model caches [L, B, S, K, H] updated in place at layer_index."""
+  q, k, v = _project_qkv(cfg, p, x, rope)
   cache_dtype = cfg.compute_jnp_dtype
   if kv is None:
     keys, values = k.astype(cache_dtype), v.astype(cache_dtype)
@@ -247,21 +327,4 @@ def _block(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array, *, mask: jax
     v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype)[None], start)
     keys, values = k_cache[layer_index], v_cache[layer_index]
     kv = (k_cache, v_cache)
-
-  b, t, n, hd = q.shape
-  groups = n // cfg.num_kv_heads
-  q = q.reshape(b, t, cfg.num_kv_heads, groups, hd)
-  scores = _dot("btkgh,bskh->bkgts", q, keys, cfg, attention=True)
-  scores = softcap(scores, cfg.attn_logit_softcap)
-  scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
-  probs = jax.nn.softmax(scores, axis=-1)
-  attended = _dot("bkgts,bskh->btkgh", probs, values, cfg, attention=True).reshape(b, t, n, hd)
-  attn_out = _dot("btnh,nhd->btd", attended, p["o_proj"], cfg)
-  x = x + rms_norm(attn_out, p["post_attn_norm"], cfg.rms_eps)
-
-  h = rms_norm(x, p["ffw_norm"], cfg.rms_eps)
-  gate = _dot("btd,df->btf", h, p["gate_proj"], cfg)
-  up = _dot("btd,df->btf", h, p["up_proj"], cfg)
-  mlp_out = _dot("btf,fd->btd", jax.nn.gelu(gate, approximate=True) * up, p["down_proj"], cfg)
-  x = x + rms_norm(mlp_out, p["post_ffw_norm"], cfg.rms_eps)
-  return x, kv
+  return _finish_block(cfg, p, x, _attend(cfg, q, keys, values, mask)), kv

@@ -16,7 +16,6 @@ from flax import nnx
 
 from spct_jax import grpo, logprobs, sampler
 from spct_jax import sharding as shd
-from spct_jax.model.transformer import default_positions
 from spct_jax.train import losses
 from spct_jax.train.step import OptimizerConfig, TrainState, init_train_state, make_optimizer, make_train_step
 
@@ -48,40 +47,41 @@ class GRPOConfig:
 
 def assemble_batch(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, row_source: np.ndarray,
                    out: sampler.SampleOutput) -> dict[str, np.ndarray]:
-  """prompt (left-padded) + completion rows: tokens/mask [R, T+N], completion_mask f32[R, N]."""
-  completion = np.asarray(out.tokens)
-  n = completion.shape[1]
-  completion_mask = np.arange(n)[None, :] < np.asarray(out.lengths)[:, None]
-  return {
-      "tokens": np.concatenate([prompt_tokens[row_source], completion], axis=1).astype(np.int32),
-      "mask": np.concatenate([prompt_mask[row_source], completion_mask], axis=1),
-      "completion_mask": completion_mask.astype(np.float32),
-  }
+  """The distinct prompts once ([P, T], left-padded), each row's prompt index and its completion ([R, N])."""
+  completion_mask = np.arange(out.tokens.shape[1])[None, :] < np.asarray(out.lengths)[:, None]
+  return {"prompt_tokens": np.asarray(prompt_tokens, np.int32), "prompt_mask": np.asarray(prompt_mask),
+          "row_source": np.asarray(row_source, np.int32), "completion": np.asarray(out.tokens, np.int32),
+          "completion_mask": completion_mask.astype(np.float32)}
 
 
-def completion_logps(model, tokens: jax.Array, mask: jax.Array, num_completion: int, *, mesh=None,
-                     rules=shd.DEFAULT_RULES, chunk_size: int | None = None) -> jax.Array:
-  """f32[R, N] log-probs of the last N tokens, through the (vocab-parallel with a mesh) log-prob path."""
+def completion_logps(model, batch: dict[str, jax.Array], *, mesh=None, rules=shd.DEFAULT_RULES,
+                     chunk_size: int | None = None) -> jax.Array:
+  """f32[R, N] log-probs of each row's completion given its prompt.
+
+  Each distinct prompt is run once (`shared_prefix_hidden_states`), and the log-probs go through the
+  vocab-parallel path when a mesh is given (full [R, N, V] logits never exist on one device).
+  """
   cfg = model.cfg
-  positions = default_positions(mask)
-  hidden, _ = model.hidden_states(tokens[:, :-1], positions[:, :-1], mask[:, :-1])
-  return logprobs.token_logprobs(hidden[:, -num_completion:], model.embedding[...], tokens[:, -num_completion:],
-                                 mesh=mesh, rules=rules, final_softcap=cfg.final_logit_softcap,
-                                 compute_dtype=cfg.compute_jnp_dtype, chunk_size=chunk_size)
+  completion, mask = batch["completion"], batch["completion_mask"]
+  prompt_hidden, completion_hidden = model.shared_prefix_hidden_states(
+      batch["prompt_tokens"], batch["prompt_mask"], batch["row_source"], completion[:, :-1], mask[:, :-1])
+  # Token 0 is predicted from the prompt's last position, token j from completion token j - 1.
+  hidden = jnp.concatenate([jnp.take(prompt_hidden[:, -1:], batch["row_source"], axis=0), completion_hidden], 1)
+  return logprobs.token_logprobs(hidden, model.embedding[...], completion, mesh=mesh, rules=rules,
+                                 final_softcap=cfg.final_logit_softcap, compute_dtype=cfg.compute_jnp_dtype,
+                                 chunk_size=chunk_size)
 
 
 def grpo_objective(cfg: GRPOConfig, *, mesh=None, rules=shd.DEFAULT_RULES):
   """loss_fn(model, ref_state, batch) for `make_train_step`; ref_state is the frozen reference's parameters."""
 
   def loss_fn(model, ref_state, batch):
-    n = batch["completion_mask"].shape[1]
-    logps = completion_logps(model, batch["tokens"], batch["mask"], n, mesh=mesh, rules=rules,
-                             chunk_size=cfg.logprob_chunk_size)
+    logps = completion_logps(model, batch, mesh=mesh, rules=rules, chunk_size=cfg.logprob_chunk_size)
     ref_logps = None
     if cfg.beta:
       ref_model = nnx.merge(nnx.graphdef(model), ref_state)
-      ref_logps = jax.lax.stop_gradient(completion_logps(ref_model, batch["tokens"], batch["mask"], n, mesh=mesh,
-                                                         rules=rules, chunk_size=cfg.logprob_chunk_size))
+      ref_logps = jax.lax.stop_gradient(completion_logps(ref_model, batch, mesh=mesh, rules=rules,
+                                                         chunk_size=cfg.logprob_chunk_size))
     return grpo.grpo_loss(logps, batch.get("old_logps"), ref_logps, batch["advantages"], batch["completion_mask"],
                           epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta,
                           kl_estimator=cfg.kl_estimator, aggregation=cfg.aggregation)
@@ -93,8 +93,7 @@ def sft_objective(*, mesh=None, rules=shd.DEFAULT_RULES):
   """Next-token cross-entropy on the completion tokens (RFT's SFT stage uses the same train step)."""
 
   def loss_fn(model, _, batch):
-    n = batch["completion_mask"].shape[1]
-    logps = completion_logps(model, batch["tokens"], batch["mask"], n, mesh=mesh, rules=rules)
+    logps = completion_logps(model, batch, mesh=mesh, rules=rules)
     return losses.token_cross_entropy(logps, batch["completion_mask"])
 
   return loss_fn
@@ -111,9 +110,7 @@ class GRPOTrainer:
     self.ref_state = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param)) if cfg.beta else None
     self._step = make_train_step(grpo_objective(cfg, mesh=mesh, rules=rules), self.optimizer, self.state, mesh=mesh,
                                  rules=rules)
-    self._old_logps = jax.jit(lambda model, tokens, mask, n: completion_logps(model, tokens, mask, n, mesh=mesh,
-                                                                              rules=rules),
-                              static_argnums=3)
+    self._old_logps = jax.jit(lambda model, batch: completion_logps(model, batch, mesh=mesh, rules=rules))
 
   @property
   def model(self):
@@ -137,8 +134,7 @@ class GRPOTrainer:
                                        std_ddof=cfg.advantage_std_ddof, scale_by_std=cfg.scale_advantages_by_std)
     batch = dict(batch, advantages=advantages)
     if cfg.num_iterations > 1:  # mu > 1: ratios are against the rollout policy, fixed before the first update
-      batch["old_logps"] = self._old_logps(self.model, jnp.asarray(batch["tokens"]), jnp.asarray(batch["mask"]),
-                                           batch["completion_mask"].shape[1])
+      batch["old_logps"] = self._old_logps(self.model, batch)
     metrics = {}
     for _ in range(cfg.num_iterations):
       metrics = self._step(self.state, self.ref_state, batch)
