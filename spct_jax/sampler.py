@@ -100,7 +100,6 @@ def _expand_cache(cache: Cache, row_source: jax.Array) -> Cache:
                key_positions=jnp.take(cache.key_positions, row_source, axis=0), index=cache.index)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cache_length"))
 def prefill(graphdef, state, prompt_tokens: jax.Array, prompt_mask: jax.Array, row_source: jax.Array, *,
             cache_length: int) -> tuple[Cache, jax.Array, jax.Array]:
   """Runs each distinct prompt once and gathers its cache rows for every sample that continues it.
@@ -123,8 +122,6 @@ def prefill(graphdef, state, prompt_tokens: jax.Array, prompt_mask: jax.Array, r
           jnp.take(positions[:, -1] + 1, row_source, axis=0))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "strategy", "eos_ids", "pad_id"),
-                   donate_argnames=("cache",))
 def decode(graphdef, state, cache: Cache, logits: jax.Array, next_position: jax.Array, key: jax.Array, *,
            max_new_tokens: int, strategy, eos_ids: tuple[int, ...], pad_id: int) -> tuple[SampleOutput, Cache]:
   """Samples up to `max_new_tokens` per row with a `lax.while_loop`; the donated cache is updated in place.
@@ -163,6 +160,49 @@ def decode(graphdef, state, cache: Cache, logits: jax.Array, next_position: jax.
   _, cache, _, out, done, lengths = jax.lax.while_loop(keep_going, step, init)
   return SampleOutput(tokens=out["tokens"], logps=out["logps"], model_logps=out["model_logps"], lengths=lengths,
                       done=done), cache
+
+
+_CACHE_AXES = Cache(k=("layers", "batch", "cache_length", "kv_heads", "head_dim"),
+                    v=("layers", "batch", "cache_length", "kv_heads", "head_dim"),
+                    key_positions=("batch", "cache_length"), index=())
+_COMPILED: dict = {}
+
+
+def _compiled(kind: str, graphdef, state, cfg, mesh, rules, shape: tuple[int, int, int, int], **static):
+  """jit of `prefill` / `decode` with the static arguments bound; with a mesh, explicit in/out shardings.
+
+  Without a mesh everything sits on the default device. With one, parameters keep their logical-axis shardings,
+  prompt/cache/sample rows are sharded over `batch` (data x fsdp) and the vocab dimension of logits over `tensor`
+  (a dimension that does not divide its mesh axes stays replicated). shape = (prompts P, prompt length T,
+  rows R, new tokens N).
+  """
+  key = (kind, graphdef, mesh, rules, shape, tuple(sorted(static.items())))
+  if key in _COMPILED:
+    return _COMPILED[key]
+  fn = functools.partial(prefill if kind == "prefill" else decode, graphdef, **static)
+  donate = () if kind == "prefill" else (1,)
+  if mesh is None:
+    jitted = jax.jit(fn, donate_argnums=donate)
+  else:
+    from spct_jax import sharding  # pylint: disable=g-import-not-at-top
+    p, t, r, n = shape
+    named = lambda dims, axes: jax.sharding.NamedSharding(mesh, sharding.spec_for(dims, axes, mesh, rules))
+    cache_dims = (cfg.num_layers, r, t + n, cfg.num_kv_heads, cfg.head_dim)
+    cache_sh = Cache(k=named(cache_dims, _CACHE_AXES.k), v=named(cache_dims, _CACHE_AXES.v),
+                     key_positions=named((r, t + n), _CACHE_AXES.key_positions), index=named((), ()))
+    rows, rows_vocab = named((r,), ("batch",)), named((r, cfg.vocab_size), ("batch", "vocab"))
+    state_sh = sharding.state_shardings(state, mesh, rules)
+    if kind == "prefill":
+      prompts = named((p, t), ("batch", "length"))
+      jitted = jax.jit(fn, in_shardings=(state_sh, prompts, prompts, named((r,), (None,))),
+                       out_shardings=(cache_sh, rows_vocab, rows))
+    else:
+      per_token = named((r, n), ("batch", None))
+      out_sh = SampleOutput(tokens=per_token, logps=per_token, model_logps=per_token, lengths=rows, done=rows)
+      jitted = jax.jit(fn, donate_argnums=donate, in_shardings=(state_sh, cache_sh, rows_vocab, rows, named((), ())),
+                       out_shardings=(out_sh, cache_sh))
+  _COMPILED[key] = jitted
+  return jitted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,14 +266,17 @@ def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, 
                           max_length=cfg.max_seq_len - max_new_tokens)
   graphdef, state = nnx.split(model)
   key = jax.random.key(seed) if isinstance(seed, int) else seed
+  rules = None
   if mesh is not None:
     from spct_jax import sharding  # pylint: disable=g-import-not-at-top
-    tokens, mask = (sharding.put_sharded(a, sharding.activation_sharding(a.shape, ("batch", "length"), mesh))
-                    for a in (tokens, mask))
-  cache, logits, next_position = prefill(graphdef, state, tokens, mask, row_source,
-                                         cache_length=tokens.shape[1] + max_new_tokens)
-  out, _ = decode(graphdef, state, cache, logits, next_position, key, max_new_tokens=max_new_tokens,
-               strategy=strategy, eos_ids=tuple(int(e) for e in eos_ids), pad_id=pad_id)
+    rules = sharding.DEFAULT_RULES
+  shape = (*tokens.shape, len(row_source), max_new_tokens)
+  run_prefill = _compiled("prefill", graphdef, state, cfg, mesh, rules, shape,
+                          cache_length=tokens.shape[1] + max_new_tokens)
+  cache, logits, next_position = run_prefill(state, tokens, mask, row_source)
+  run_decode = _compiled("decode", graphdef, state, cfg, mesh, rules, shape, max_new_tokens=max_new_tokens,
+                         strategy=strategy, eos_ids=tuple(int(e) for e in eos_ids), pad_id=pad_id)
+  out, _ = run_decode(state, cache, logits, next_position, key)
   return out, np.asarray(tokens), np.asarray(mask), row_source
 
 

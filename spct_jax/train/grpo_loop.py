@@ -159,6 +159,7 @@ def run(config, workdir: str) -> dict:
       texts = [options.output_prefix + tokenizer.decode([t for t in row[:n] if t not in eos_ids])
                for row, n in zip(out.tokens, out.lengths)]
       rewards, valid = score_rollouts(texts, items, perms, grpo_cfg.group_size, options.template)
+      log.info("step %d sample (reward %+.0f): %r", step + 1, rewards[0], texts[0][-400:])
       metrics = trainer.update(batch, rewards)
       if not np.isfinite(metrics["loss"]):
         raise FloatingPointError(f"non-finite loss {metrics['loss']} at step {step + 1}; no checkpoint written "
