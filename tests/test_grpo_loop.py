@@ -70,3 +70,20 @@ def test_unknown_override_key_lists_valid_keys():
   assert result.returncode != 0
   message = result.stderr.decode()
   assert "unknown config key config.grpo.bogus" in message and "'group_size'" in message
+
+
+def test_non_finite_loss_stops_before_a_bad_checkpoint(tmp_path):
+  import runpy
+
+  from spct_jax import checkpoint
+  from spct_jax.train import grpo_loop
+  config = runpy.run_path(str(REPO / "configs" / "grpo.py"))["get_config"]("smoke")
+  config.total_steps, config.eval_every, config.grm.num_demonstrations = 4, 0, 0
+  config.grpo.max_new_tokens, config.checkpoint.async_save = 4, False
+  # AdamW decay moves every weight by lr * wd * w even with zero advantages: step 1 overflows the weights.
+  config.optimizer.learning_rate, config.optimizer.weight_decay, config.optimizer.grad_clip_norm = 1e38, 1.0, None
+  config.optimizer.warmup_steps = 0
+  with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step 2; no checkpoint written for it \(last good: 1\)"):
+    grpo_loop.run(config, str(tmp_path))
+  assert checkpoint.Checkpointer(tmp_path / "checkpoints").latest_step() == 1
+  assert [line["step"] for line in _metrics(tmp_path)] == [1]

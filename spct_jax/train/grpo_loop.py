@@ -161,9 +161,10 @@ def run(config, workdir: str) -> dict:
       rewards, valid = score_rollouts(texts, items, perms, grpo_cfg.group_size, options.template)
       log.info("step %d sample (reward %+.0f): %r", step + 1, rewards[0], texts[0][-400:])
       metrics = trainer.update(batch, rewards)
-      if not np.isfinite(metrics["loss"]):
-        raise FloatingPointError(f"non-finite loss {metrics['loss']} at step {step + 1}; no checkpoint written "
-                                 f"for it (last good: {ckpt.latest_step()})")
+      if not (np.isfinite(metrics["loss"]) and metrics["params_finite"]):
+        raise FloatingPointError(f"non-finite loss {metrics['loss']} or weights (finite: "
+                                 f"{bool(metrics['params_finite'])}) at step {step + 1}; no checkpoint written for "
+                                 f"it (last good: {ckpt.latest_step()})")
       elapsed = time.perf_counter() - t0
       metrics.update(parse_rate=float(valid.mean()), accuracy=float((rewards > 0).mean()),
                      tokens_per_s=metrics["completion_tokens"] / elapsed, step_time_s=elapsed)

@@ -127,7 +127,9 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, st
     (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
     updates, opt_state = optimizer.update(grads, opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    # Fused into the step (nearly free): the loop refuses to go on from non-finite weights.
+    finite = jnp.all(jnp.array([jnp.isfinite(x).all() for x in jax.tree.leaves(trainable)]))
+    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads), params_finite=finite)
     return trainable, opt_state, metrics
 
   if mesh is None:
