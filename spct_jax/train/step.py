@@ -111,7 +111,7 @@ def _shardings_of(tree):
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, state: TrainState, *,
-                    mesh: jax.sharding.Mesh | None = None, rules=shd.DEFAULT_RULES, aux_example: Any = None,
+                    mesh: jax.sharding.Mesh | None = None, rules=shd.DEFAULT_RULES,
                     batch_logical_axes: dict[str, tuple[str | None, ...]] | None = None):
   """Returns `step(state, aux, batch) -> metrics`, updating `state` in place (its buffers are donated).
 
@@ -162,5 +162,4 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, st
     state.step += 1
     return metrics
 
-  del aux_example
   return step
