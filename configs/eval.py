@@ -72,6 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.grm.max_new_tokens = 128
   c.grm.num_distinct_orders = 2  # Response orders per item; samples sharing an order share one prefill.
   c.grm.output_prefix = "Specific Criteria:"  # Opens the answer so a base model starts in the asked format.
+  c.grm.stop_after_scores = True  # End a sample at the `}` closing its \\boxed{..}.
   # Worked synthetic examples (spct_jax.data.synthetic.worked_judgement) shown before each prompt; each one
   # costs about 1k prompt tokens with Gemma's tokenizer. Untrained base models need one to answer in the
   # format at all (Gemma 3 270M: 100% parse failures without, 0% with one, though it tends to copy its scores).

@@ -48,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.grm.num_demonstrations = 1     # worked examples before the task: a base model needs them to score at all
   c.grm.demo_seed = 1
   c.grm.output_prefix = "Specific Criteria:"
+  c.grm.stop_after_scores = True   # end a rollout at the `}` closing its \boxed{..}: no reward-free tail to train on
 
   c.grpo = ml_collections.ConfigDict()
   c.grpo.group_size = 4            # G (paper: 4)

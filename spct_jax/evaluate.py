@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from spct_jax import metrics_io, plotting
+from spct_jax import experiment, metrics_io, plotting
 from spct_jax.data import readers, schema, synthetic
 from spct_jax.grm import GRM, templates
 
@@ -118,13 +118,11 @@ def build_model(config) -> tuple[Any, Any, dict[str, Any], Any]:
 def grm_options(config) -> dict[str, Any]:
   """GRMOptions fields from config.grm; demonstrations are rendered from their own synthetic stream."""
   g = config.grm
-  demos = []
-  for item in synthetic.generate_items(g.num_demonstrations, seed=g.demo_seed):
-    demos.append(templates.render_demonstration(item.conversation, item.responses,
-                                                **synthetic.worked_judgement(item), template=g.template))
   return dict(template=g.template, chat_style=g.chat_style, max_new_tokens=g.max_new_tokens,
               num_distinct_orders=g.num_distinct_orders, output_prefix=g.output_prefix,
-              demonstrations=tuple(demos), top_k=g.top_k, top_p=g.top_p, seed=config.seed)
+              demonstrations=experiment.demonstrations(g.num_demonstrations, g.demo_seed, g.template),
+              top_k=g.top_k, top_p=g.top_p, seed=config.seed,
+              stop_after_scores=g.get("stop_after_scores", True))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -50,3 +50,14 @@ def build_model(model_config, mesh=None):
   return weights.load_model(model_config.name, dtype=overrides.get("param_dtype", "float32"),
                             compute_dtype=overrides.get("compute_dtype"), mesh=mesh,
                             max_seq_len=overrides.get("max_seq_len"))
+
+
+def demonstrations(num: int, seed: int, template: str, *, start: int = 0) -> tuple[str, ...]:
+  """Worked few-shot examples rendered from generated items (a pretrained base model needs them to answer in
+  format). `start` selects a slice of the seed's stream, so demos never repeat evaluated or trained items."""
+  from spct_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from spct_jax.grm import templates  # pylint: disable=g-import-not-at-top
+
+  return tuple(templates.render_demonstration(item.conversation, item.responses, **synthetic.worked_judgement(item),
+                                              template=template)
+               for item in synthetic.generate_items(num, seed=seed, start=start))

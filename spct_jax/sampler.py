@@ -72,6 +72,29 @@ class Sampling:
     return tokens, logps
 
 
+@dataclasses.dataclass(frozen=True)
+class StopAfter:
+  """A row also stops at any `stop_ids` token emitted after one of `trigger_ids` (e.g. the `}` closing a
+  `\\boxed{..}` score list): a judgement is complete there, and decoding on would cost time and, in RL, train on
+  whatever the model writes next."""
+
+  trigger_ids: tuple[int, ...]
+  stop_ids: tuple[int, ...]
+
+  @classmethod
+  def from_pieces(cls, tokenizer, trigger: str, stop: str) -> StopAfter:
+    """Every vocabulary piece containing `trigger` / `stop` (robust to how the text happens to be tokenized)."""
+    pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
+    return cls(tuple(i for i, p in enumerate(pieces) if trigger in p),
+               tuple(i for i, p in enumerate(pieces) if stop in p))
+
+  def masks(self, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    trigger, stop = np.zeros(vocab_size, np.bool_), np.zeros(vocab_size, np.bool_)
+    trigger[list(self.trigger_ids)] = True
+    stop[list(self.stop_ids)] = True
+    return trigger, stop
+
+
 def strategy_for(temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None):
   return Greedy() if temperature == 0.0 else Sampling(temperature, top_k, top_p)
 
@@ -122,11 +145,13 @@ def prefill(graphdef, state, prompt_tokens: jax.Array, prompt_mask: jax.Array, r
           jnp.take(positions[:, -1] + 1, row_source, axis=0))
 
 
-def decode(graphdef, state, cache: Cache, logits: jax.Array, next_position: jax.Array, key: jax.Array, *,
+def decode(graphdef, state, cache: Cache, logits: jax.Array, next_position: jax.Array, key: jax.Array,
+           trigger_mask: jax.Array, stop_mask: jax.Array, *,
            max_new_tokens: int, strategy, eos_ids: tuple[int, ...], pad_id: int) -> tuple[SampleOutput, Cache]:
   """Samples up to `max_new_tokens` per row with a `lax.while_loop`; the donated cache is updated in place.
 
   The final cache is returned so the donated input buffer can alias it (and a caller could continue decoding).
+  trigger_mask / stop_mask: bool[V] of a `StopAfter` condition (all False: EOS and max_new_tokens only).
 
   Step s draws with fold_in(key, s): results depend only on the seed and the shapes. The loop exits early once
   every row has produced an EOS.
@@ -136,7 +161,7 @@ def decode(graphdef, state, cache: Cache, logits: jax.Array, next_position: jax.
   eos = jnp.asarray(eos_ids, jnp.int32)
 
   def step(carry):
-    s, cache, logits, out, done, lengths = carry
+    s, cache, logits, out, done, lengths, armed = carry
     token, logp = strategy.sample(jax.random.fold_in(key, s), logits)
     model_logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
     token = jnp.where(done, pad_id, token)
@@ -144,20 +169,22 @@ def decode(graphdef, state, cache: Cache, logits: jax.Array, next_position: jax.
     out = dict(tokens=put(out["tokens"], token), logps=put(out["logps"], jnp.where(done, 0.0, logp)),
                model_logps=put(out["model_logps"], jnp.where(done, 0.0, model_logp)))
     lengths = lengths + (~done).astype(jnp.int32)
-    done = done | jnp.isin(token, eos)
+    done = done | jnp.isin(token, eos) | (armed & stop_mask[token])
+    armed = armed | trigger_mask[token]
     # Finished rows keep decoding padding (their outputs are masked above): one shape for the whole batch.
     hidden, cache = model.hidden_states(token[:, None], (next_position + s)[:, None], cache=cache)
-    return s + 1, cache, model.logits(hidden)[:, 0], out, done, lengths
+    return s + 1, cache, model.logits(hidden)[:, 0], out, done, lengths, armed
 
   def keep_going(carry):
-    s, _, _, _, done, _ = carry
+    s, _, _, _, done, _, _ = carry
     return (s < max_new_tokens) & ~jnp.all(done)
 
   out = dict(tokens=jnp.full((rows, max_new_tokens), pad_id, jnp.int32),
              logps=jnp.zeros((rows, max_new_tokens), jnp.float32),
              model_logps=jnp.zeros((rows, max_new_tokens), jnp.float32))
-  init = (jnp.zeros((), jnp.int32), cache, logits, out, jnp.zeros((rows,), jnp.bool_), jnp.zeros((rows,), jnp.int32))
-  _, cache, _, out, done, lengths = jax.lax.while_loop(keep_going, step, init)
+  no_rows = jnp.zeros((rows,), jnp.bool_)
+  init = (jnp.zeros((), jnp.int32), cache, logits, out, no_rows, jnp.zeros((rows,), jnp.int32), no_rows)
+  _, cache, _, out, done, lengths, _ = jax.lax.while_loop(keep_going, step, init)
   return SampleOutput(tokens=out["tokens"], logps=out["logps"], model_logps=out["model_logps"], lengths=lengths,
                       done=done), cache
 
@@ -199,8 +226,9 @@ def _compiled(kind: str, graphdef, state, cfg, mesh, rules, shape: tuple[int, in
     else:
       per_token = named((r, n), ("batch", None))
       out_sh = SampleOutput(tokens=per_token, logps=per_token, model_logps=per_token, lengths=rows, done=rows)
-      jitted = jax.jit(fn, donate_argnums=donate, in_shardings=(state_sh, cache_sh, rows_vocab, rows, named((), ())),
-                       out_shardings=(out_sh, cache_sh))
+      vocab_mask = named((cfg.vocab_size,), (None,))
+      jitted = jax.jit(fn, donate_argnums=donate, out_shardings=(out_sh, cache_sh),
+                       in_shardings=(state_sh, cache_sh, rows_vocab, rows, named((), ()), vocab_mask, vocab_mask))
   _COMPILED[key] = jitted
   return jitted
 
@@ -243,7 +271,7 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, *, multiple: int =
 def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                        num_samples: int = 1, strategy=Greedy(), seed: int | jax.Array = 0,
                        eos_ids: Sequence[int] = (1,), pad_id: int = 0, length_multiple: int = 64,
-                       mesh: jax.sharding.Mesh | None = None) -> tuple[SampleOutput, np.ndarray, np.ndarray,
+                       stop: StopAfter | None = None, mesh: jax.sharding.Mesh | None = None) -> tuple[SampleOutput, np.ndarray, np.ndarray,
                                                                         np.ndarray]:
   """Token-level sampling: identical prompts are prefilled once; returns (output, prompt tokens, mask, row_source)."""
   if num_samples < 1:
@@ -276,7 +304,8 @@ def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, 
   cache, logits, next_position = run_prefill(state, tokens, mask, row_source)
   run_decode = _compiled("decode", graphdef, state, cfg, mesh, rules, shape, max_new_tokens=max_new_tokens,
                          strategy=strategy, eos_ids=tuple(int(e) for e in eos_ids), pad_id=pad_id)
-  out, _ = run_decode(state, cache, logits, next_position, key)
+  trigger_mask, stop_mask = (stop or StopAfter((), ())).masks(cfg.vocab_size)
+  out, _ = run_decode(state, cache, logits, next_position, key, trigger_mask, stop_mask)
   return out, np.asarray(tokens), np.asarray(mask), row_source
 
 

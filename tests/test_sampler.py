@@ -99,3 +99,25 @@ def test_bad_arguments_raise_clear_errors(model):
     sampler.Sampling(0.0)
   with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
     sampler.sample_from_tokens(model, PROMPTS, max_new_tokens=0)
+
+
+def test_stop_after_trigger_ends_rows_at_the_stop_token(model):
+  greedy = _reference_greedy(model, PROMPTS[0], 10)
+
+  def expected_length(trigger, stop):  # first stop token strictly after the first trigger token, else all 10
+    armed = greedy.index(trigger)
+    after = [j for j in range(armed + 1, 10) if greedy[j] == stop]
+    return after[0] + 1 if after else 10
+
+  trigger = greedy[0]
+  stop = next(t for t in greedy if t != trigger)
+  out, *_ = sampler.sample_from_tokens(model, PROMPTS[:1], max_new_tokens=10,
+                                       stop=sampler.StopAfter((trigger,), (stop,)))
+  n = expected_length(trigger, stop)
+  assert n < 10, "the test needs a stop inside the window"
+  assert int(out.lengths[0]) == n and bool(out.done[0])
+  assert list(np.asarray(out.tokens[0, :n])) == greedy[:n] and (np.asarray(out.tokens[0, n:]) == 0).all()
+  # Swapped: stop tokens emitted before the trigger do not count.
+  out, *_ = sampler.sample_from_tokens(model, PROMPTS[:1], max_new_tokens=10,
+                                       stop=sampler.StopAfter((stop,), (trigger,)))
+  assert int(out.lengths[0]) == expected_length(stop, trigger)

@@ -8,6 +8,7 @@ host (it is text); unshuffling and voting run on device, vmapped over samples an
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Sequence
 
 import jax
@@ -31,6 +32,7 @@ class GRMOptions:
   num_distinct_orders: response orders per item; samples sharing an order share one prefill. 1 = one shuffled order.
   shuffle: False keeps the data's order (no positional-bias control; useful for debugging only).
   k_meta: meta-RM guided voting keeps this many samples (None = k // 2) when a meta scorer is given.
+  stop_after_scores: end a sample at the `}` that closes its `\\boxed{..}` (the judgement is complete there).
   """
 
   template: str = "default"
@@ -45,6 +47,7 @@ class GRMOptions:
   output_prefix: str = ""
   k_meta: int | None = None
   seed: int = 0
+  stop_after_scores: bool = True
 
   def strategy(self, k: int):
     temperature = self.temperature if self.temperature is not None else (0.0 if k == 1 else 0.5)
@@ -134,6 +137,11 @@ def _vote(shown, perms, valid, meta_scores, k_meta):
   return voted, jnp.where(valid[..., None], original, 0), kept
 
 
+def stop_after_scores(tokenizer) -> sampler.StopAfter:
+  """Stop at the first `}` after `boxed`: the end of the score list in the paper's output format."""
+  return sampler.StopAfter.from_pieces(tokenizer, "boxed", "}")
+
+
 class GRM:
   """A pointwise generative reward model: `GRM(model, tokenizer).score(query, [r1, r2], k=8)`."""
 
@@ -181,9 +189,13 @@ class GRM:
     encoded = [self.tokenizer.encode(p, add_bos=True) for p in prompts]
     out, *_ = sampler.sample_from_tokens(
         self.model, encoded, max_new_tokens=self.options.max_new_tokens, strategy=strategy, seed=seed,
-        eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_id, mesh=self.mesh)
+        eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_id, mesh=self.mesh, stop=self.stop_condition)
     out = jax.device_get(out)
     return [self._decode(row, n) for row, n in zip(out.tokens, out.lengths)]
+
+  @functools.cached_property
+  def stop_condition(self) -> sampler.StopAfter | None:
+    return stop_after_scores(self.tokenizer) if self.options.stop_after_scores else None
 
   @property
   def eos_ids(self) -> tuple[int, ...]:

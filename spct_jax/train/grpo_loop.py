@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from spct_jax import checkpoint, experiment
 from spct_jax.data import readers, synthetic
-from spct_jax.grm import scorer, templates, voting
+from spct_jax.grm import scorer, voting
 from spct_jax.grm.reward import is_correct, rule_reward
 from spct_jax.train.grpo_trainer import GRPOConfig, GRPOTrainer
 from spct_jax.train.metrics import MetricsWriter
@@ -47,22 +47,11 @@ def load_items(data_cfg):
   return items[data_cfg.eval_items:][:data_cfg.num_items or None], items[:data_cfg.eval_items]
 
 
-def demonstrations(grm_cfg) -> tuple[str, ...]:
-  """Worked few-shot examples from generated items: a pretrained base model needs them to answer in format."""
-  items = synthetic.generate_items(grm_cfg.num_demonstrations, seed=grm_cfg.demo_seed, start=2 * _HELDOUT_START)
-  demos = []
-  for item in items:
-    worked = synthetic.worked_judgement(item)
-    demos.append(templates.render_demonstration(item.conversation, item.responses, worked["principles"],
-                                                worked["analysis"], worked["scores"], grm_cfg.template))
-  return tuple(demos)
-
-
 def grm_options(config, demos) -> scorer.GRMOptions:
   g = config.grm
   return scorer.GRMOptions(template=g.template, chat_style=g.chat_style, max_new_tokens=config.grpo.max_new_tokens,
                            num_distinct_orders=1, demonstrations=demos, output_prefix=g.output_prefix,
-                           seed=config.seed)
+                           seed=config.seed, stop_after_scores=g.stop_after_scores)
 
 
 def items_for_step(items, step: int, batch_size: int, seed: int):
@@ -129,7 +118,8 @@ def run(config, workdir: str) -> dict:
   mesh = experiment.build_mesh(config)
   model, tokenizer = experiment.build_model(config.model, mesh)
   train_items, heldout = load_items(config.data)
-  options = grm_options(config, demonstrations(config.grm))
+  options = grm_options(config, experiment.demonstrations(config.grm.num_demonstrations, config.grm.demo_seed,
+                                                         config.grm.template, start=2 * _HELDOUT_START))
   grpo_cfg = GRPOConfig(**config.grpo)
   opt_cfg = OptimizerConfig(**config.optimizer)
   trainer = GRPOTrainer(model, grpo_cfg, opt_cfg, mesh=mesh)
@@ -144,6 +134,7 @@ def run(config, workdir: str) -> dict:
     log.info("resumed from %s at step %d", ckpt.directory, start)
   writer.truncate_after(start)
   eos_ids = (tokenizer.eos_id,) + ((tokenizer.end_of_turn_id,) if config.grm.chat_style == "gemma" else ())
+  stop = scorer.stop_after_scores(tokenizer) if options.stop_after_scores else None
   preemption = _Preemption()
   zero_signal_steps, summary = 0, {}
   bar = tqdm(range(start, config.total_steps), initial=start, total=config.total_steps, desc="grpo",
@@ -155,7 +146,7 @@ def run(config, workdir: str) -> dict:
       prompts, perms, _ = scorer.build_prompts(items, 1, options, np.random.default_rng([config.seed, step]))
       encoded = [tokenizer.encode(p, add_bos=True) for p in prompts]
       batch, out = trainer.rollout(encoded, seed=jax.random.fold_in(jax.random.key(config.seed), step),
-                                   eos_ids=eos_ids, pad_id=tokenizer.pad_id)
+                                   eos_ids=eos_ids, pad_id=tokenizer.pad_id, stop=stop)
       texts = [options.output_prefix + tokenizer.decode([t for t in row[:n] if t not in eos_ids])
                for row, n in zip(out.tokens, out.lengths)]
       rewards, valid = score_rollouts(texts, items, perms, grpo_cfg.group_size, options.template)

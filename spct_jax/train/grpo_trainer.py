@@ -117,13 +117,13 @@ class GRPOTrainer:
     return self.state.model()
 
   def rollout(self, prompts: Sequence[Sequence[int]], *, seed: int | jax.Array, eos_ids: Sequence[int],
-              pad_id: int) -> tuple[dict[str, np.ndarray], Any]:
+              pad_id: int, stop: sampler.StopAfter | None = None) -> tuple[dict[str, np.ndarray], Any]:
     """G samples of every prompt (one prefill each). Returns the batch arrays and the raw sampler output."""
     cfg = self.cfg
     out, prompt_tokens, prompt_mask, row_source = sampler.sample_from_tokens(
         self.model, prompts, max_new_tokens=cfg.max_new_tokens, num_samples=cfg.group_size,
         strategy=sampler.strategy_for(cfg.temperature, cfg.top_k, cfg.top_p), seed=seed, eos_ids=eos_ids,
-        pad_id=pad_id, mesh=self.mesh)
+        pad_id=pad_id, stop=stop, mesh=self.mesh)
     out = jax.device_get(out)
     return assemble_batch(prompt_tokens, prompt_mask, row_source, out), out
 
