@@ -17,7 +17,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.experiment = "grpo"
   c.seed = 0
-  c.total_steps = 30
+  c.total_steps = 20
   c.batch_size = 2                 # items per step; rollouts per step = batch_size * grpo.group_size
   c.eval_every = 10                # held-out greedy accuracy every N steps (0 = never)
   c.warn_zero_signal_after = 5     # warn when no group had a reward spread for this many steps
@@ -37,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.root = _DATA_ROOT
   c.data.seed = 0
   c.data.num_items = 512
-  c.data.eval_items = 16
+  c.data.eval_items = 8
   c.data.num_responses = (2, 2)    # synthetic: (min, max) responses per item
   c.data.kinds = ("arithmetic", "unit_conversion", "sorting", "string_edit")
   c.data.difficulty = "easy"
