@@ -83,7 +83,7 @@ def test_trainable_regex_that_matches_nothing_raises():
 def test_shared_prompt_logps_equal_full_sequences_values_and_gradients(preset):
   """Running each prompt once and gathering its keys is the same function as the concatenated rows."""
   from spct_jax.model.transformer import default_positions
-  from spct_jax.train.grpo_trainer import assemble_batch, completion_logps
+  from spct_jax.train.grpo_trainer import completion_logps
   model = Transformer(get_config(preset), rngs=nnx.Rngs(2))
   trainer = GRPOTrainer(model, GRPOConfig(group_size=3, max_new_tokens=12, temperature=1.0, beta=0.0),
                         OptimizerConfig())
