@@ -40,6 +40,9 @@ setuptools.setup(
             "torch==2.13.0", "transformers>=5.0",
             "seqio>=0.0.19", "tensorflow-datasets>=4.9.6",
         ],
+        # Peers measured by benchmarks/ (not needed by the library or the tests).
+        "bench": ["torch==2.13.0", "transformers>=5.0", "trl==1.16.0", "accelerate>=1.15", "datasets>=5.2",
+                  "psutil"],
         "tpu": ["jax[tpu]>=0.7.1"],
         "gpu": ["jax[cuda12]>=0.7.1"],
     },
