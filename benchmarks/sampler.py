@@ -1,0 +1,252 @@
+"""Sampler benchmark: spct-jax KV-cache sampling vs HF transformers `generate`, Gemma 3 270M on CPU.
+
+Usage:
+  python benchmarks/sampler.py            # full: 64 new tokens, ~1000-token prompt for prefill sharing
+  python benchmarks/sampler.py --quick    # smoke: 16 new tokens, ~256-token prompt
+
+Rows (each system in its own subprocess, run one after another):
+  1. batch-1 greedy decode tok/s (~20-token prompt), compile time (first call minus a steady call) separately.
+  2. 4 prompts x k=8 samples at temperature 1.0: generated tok/s over all 32 rows.
+  3. prefill sharing: time(k=8) / time(k=1) for one long prompt (ours prefills once and gathers the cache to k
+     rows; HF expands the prompt to k rows and prefills each).
+  4. peak RSS per phase (sampled) and of the whole worker process.
+Both systems get the same token ids; EOS is disabled (ours: an id that never occurs, HF: min_new_tokens), so every
+row generates exactly the requested number of tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import tempfile
+
+import common  # pylint: disable=g-bad-import-order  (also puts the repo root on sys.path)
+
+SHORT_TEXTS = [
+    "The history of the printing press begins in the fifteenth century, when a goldsmith in Mainz began to",
+    "In a small village at the foot of the mountains, the baker woke up before dawn every morning and",
+    "Photosynthesis is the process by which green plants and some bacteria use sunlight, water and carbon dioxide to",
+    "The committee met on Tuesday to discuss the new budget, and after a long debate the chair decided",
+]
+LONG_SENTENCES = [
+    "The river that runs through the old town has been dredged many times since the mill was built.",
+    "Each spring the farmers argue about the water rights, and each autumn they forget the argument.",
+    "A visiting engineer once proposed a canal, but the council preferred to spend the money on a bridge.",
+    "The bridge still stands, although its stones have been replaced one by one over two hundred years.",
+    "Children learn the names of the stones at school, a tradition nobody can quite explain anymore.",
+]
+NEVER_EOS = -1  # an id no sampler can produce: generation never stops early
+
+
+def settings(quick: bool) -> dict:
+  if quick:
+    return dict(short_len=20, greedy_new=16, sample_new=16, long_len=256, share_new=16, k=8, reps=2, peer_reps=1)
+  # Timed runs per row after the warm-up: ours is quick, HF rows 2-3 take minutes (row 1 is always timed twice).
+  return dict(short_len=20, greedy_new=64, sample_new=64, long_len=1000, share_new=64, k=8, reps=3, peer_reps=1)
+
+
+def make_prompts(quick: bool) -> dict:
+  """Token ids (with BOS) from our tokenizer: 4 short prompts of exactly `short_len`, one long prompt."""
+  from spct_jax.weights import load_tokenizer  # pylint: disable=g-import-not-at-top
+
+  cfg = settings(quick)
+  tok = load_tokenizer("gemma3-270m")
+  short = [tok.encode(t, add_bos=True)[:cfg["short_len"]] for t in SHORT_TEXTS]
+  if any(len(s) < cfg["short_len"] for s in short):
+    raise ValueError("a short prompt text is shorter than short_len tokens")
+  long_text, i = "", 0
+  while len(tok.encode(long_text, add_bos=True)) < cfg["long_len"]:
+    long_text += f"{i + 1}. " + LONG_SENTENCES[i % len(LONG_SENTENCES)] + " "
+    i += 1
+  long = tok.encode(long_text, add_bos=True)[:cfg["long_len"]]
+  return dict(cfg, short=short, long=long, pad_id=tok.pad_id)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Workers.
+
+
+def _phases(spec: dict, run, warmup, reps: int) -> dict:
+  """Runs the benchmark rows with `run(prompts, n_new, k, sample) -> None` (blocks until done).
+
+  `warmup(prompts, n_new, k, sample) -> seconds` is the untimed first call with the row's shapes.
+  """
+  k = spec["k"]
+  phases = {}
+
+  def measure(name, prompts, n_new, num, sample, reps=reps):
+    with common.PeakRSS() as mem:
+      first = warmup(prompts, n_new, num, sample)
+      times = [common.timed(run, prompts, n_new, num, sample)[1] for _ in range(reps)]
+    tokens = len(prompts) * num * n_new
+    phases[name] = dict(first_s=first, times_s=times, best_s=min(times), tokens=tokens,
+                        tok_per_s=tokens / min(times), peak_rss_mib=mem.peak_mib)
+    common.log(f"  {name}: first {first:.2f}s, timed {', '.join(f'{t:.2f}' for t in times)}s, "
+               f"{tokens / min(times):.1f} tok/s, peak RSS {mem.peak_mib:.0f} MiB")
+
+  measure("greedy_b1", spec["short"][:1], spec["greedy_new"], 1, False, max(reps, 2))
+  measure("sample_4x8", spec["short"], spec["sample_new"], k, True)
+  measure("share_k1", [spec["long"]], spec["share_new"], 1, True)
+  measure(f"share_k{k}", [spec["long"]], spec["share_new"], k, True)
+  return phases
+
+
+def worker_ours(spec: dict, dtype: str) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from spct_jax import sampler  # pylint: disable=g-import-not-at-top
+  from spct_jax.weights import load_model  # pylint: disable=g-import-not-at-top
+
+  with common.PeakRSS() as mem:
+    (model, _), load_s = common.timed(load_model, "gemma3-270m", compute_dtype=dtype)
+  common.log(f"  ours ({dtype} compute) loaded in {load_s:.1f}s, {mem.peak_mib:.0f} MiB")
+
+  def run(prompts, n_new, k, sample):
+    strategy = sampler.Sampling(temperature=1.0) if sample else sampler.Greedy()
+    out, *_ = sampler.sample_from_tokens(model, prompts, max_new_tokens=n_new, num_samples=k, strategy=strategy,
+                                         seed=0, eos_ids=(NEVER_EOS,), pad_id=spec["pad_id"])
+    lengths = np.asarray(jax.device_get(out.lengths))
+    if not (lengths == n_new).all():
+      raise RuntimeError(f"rows stopped early: {lengths}")
+
+  def warmup(*args):  # jit compiles per shape: the first call with the row's exact shapes compiles
+    return common.timed(run, *args)[1]
+
+  phases = _phases(spec, run, warmup, spec["reps"])
+  return dict(system=f"ours-{dtype}", load_s=load_s, load_peak_rss_mib=mem.peak_mib, phases=phases)
+
+
+def worker_hf(spec: dict, dtype: str) -> dict:
+  import torch  # pylint: disable=g-import-not-at-top
+
+  with common.PeakRSS() as mem:
+    model, load_s = common.timed(common.hf_gemma3_270m, dtype)
+  common.log(f"  HF ({dtype}) loaded in {load_s:.1f}s, {mem.peak_mib:.0f} MiB, torch threads "
+             f"{torch.get_num_threads()}")
+  pad_id = spec["pad_id"]
+
+  def run(prompts, n_new, k, sample):
+    length = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+      ids[i, length - len(p):] = torch.tensor(p)
+      mask[i, length - len(p):] = 1
+    kw = dict(max_new_tokens=n_new, min_new_tokens=n_new, do_sample=sample, num_return_sequences=k,
+              pad_token_id=pad_id)
+    if sample:
+      kw.update(temperature=1.0, top_k=0, top_p=1.0)
+    torch.manual_seed(0)
+    with torch.inference_mode():
+      out = model.generate(input_ids=ids, attention_mask=mask, **kw)
+    if out.shape != (len(prompts) * k, length + n_new):
+      raise RuntimeError(f"HF generated shape {tuple(out.shape)}")
+
+  def warmup(prompts, n_new, k, sample):  # same batch and prompt shapes, 2 new tokens (no compile to amortise)
+    return common.timed(run, prompts, min(n_new, 2), k, sample)[1]
+
+  phases = _phases(spec, run, warmup, spec["peer_reps"])
+  return dict(system=f"hf-{dtype}", load_s=load_s, load_peak_rss_mib=mem.peak_mib, phases=phases,
+              torch_threads=torch.get_num_threads(), torch_version=torch.__version__)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Report.
+
+SYSTEMS = {"ours-bfloat16": "ours bf16", "ours-float32": "ours f32", "hf-float32": "HF f32", "hf-bfloat16": "HF bf16"}
+
+
+def report(results: dict[str, dict], spec: dict) -> str:
+  names = [s for s in SYSTEMS if s in results]
+  ph = lambda s, p: results[s]["phases"][p]
+  k = spec["k"]
+  pairs = [(o, p) for o in names if o.startswith("ours") for p in names if p.startswith("hf")]
+  headers = ["row"] + [SYSTEMS[s] for s in names] + [f"{SYSTEMS[o]} vs {SYSTEMS[p]}" for o, p in pairs]
+  blank = ["" for _ in pairs]
+
+  def speed_row(label, phase, target):
+    cells = [common.fmt(ph(s, phase)["tok_per_s"]) for s in names]
+    return [label, *cells, *(common.ratio_cell(ph(o, phase)["tok_per_s"], ph(p, phase)["tok_per_s"], target)
+                             for o, p in pairs)]
+
+  def share(s):
+    return ph(s, f"share_k{k}")["best_s"] / ph(s, "share_k1")["best_s"]
+
+  def compile_cell(s, phase):
+    return f"{ph(s, phase)['first_s'] - ph(s, phase)['best_s']:.1f}"
+
+  rows = [
+      speed_row(f"1. batch-1 greedy, {spec['short_len']}-token prompt, {spec['greedy_new']} new (tok/s)",
+                "greedy_b1", 3),
+      ["   first call (s) = compile + run; steady (s)"]
+      + [f"{ph(s, 'greedy_b1')['first_s']:.1f}; {ph(s, 'greedy_b1')['best_s']:.2f}" for s in names] + blank,
+      speed_row(f"2. 4 prompts x k={k} sampled, T=1.0, {spec['sample_new']} new (tok/s)", "sample_4x8", 4),
+      [f"3. sharing, {spec['long_len']}-token prompt, {spec['share_new']} new: time k=1 / k={k} (s)"]
+      + [f"{ph(s, 'share_k1')['best_s']:.2f} / {ph(s, f'share_k{k}')['best_s']:.2f}" for s in names] + blank,
+      [f"   ratio time(k={k}) / time(k=1), target <= 2.5"] + [f"{share(s):.2f}" for s in names]
+      + [f"{share(o):.2f} vs {share(p):.2f} ({'met' if share(o) <= 2.5 else 'NOT met'})" for o, p in pairs],
+      ["   compile (s), first call minus steady: row 1 / row 2 / row 3 k=1 / k=8"]
+      + [" / ".join(compile_cell(s, p) for p in ("greedy_b1", "sample_4x8", "share_k1", f"share_k{k}"))
+         if s.startswith("ours") else "-" for s in names] + blank,
+      ["4. peak RSS after load (MiB)"] + [common.fmt(results[s]["load_peak_rss_mib"], 0) for s in names] + blank,
+  ]
+  for phase, label in (("greedy_b1", "row 1"), ("sample_4x8", "row 2"), ("share_k1", "row 3 k=1"),
+                       (f"share_k{k}", f"row 3 k={k}")):
+    rows.append([f"   peak RSS during {label} (MiB)"]
+                + [common.fmt(ph(s, phase)["peak_rss_mib"], 0) for s in names] + blank)
+  rows.append(["   process ru_maxrss (MiB)"] + [common.fmt(results[s]["child_max_rss_mib"], 0) for s in names] + blank)
+  return common.markdown_table(headers, rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="short smoke run (16 new tokens, 256-token long prompt)")
+  parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list from {list(SYSTEMS)}")
+  parser.add_argument("--json", help="also write the raw results here")
+  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--system", help=argparse.SUPPRESS)
+  parser.add_argument("--spec", help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+
+  if args.worker:
+    spec = json.loads(pathlib.Path(args.spec).read_text())
+    kind, dtype = args.system.split("-")
+    common.emit_result((worker_ours if kind == "ours" else worker_hf)(spec, dtype))
+    return
+
+  systems = [s for s in args.systems.split(",") if s]
+  unknown = sorted(set(systems) - set(SYSTEMS))
+  if unknown:
+    parser.error(f"unknown systems {unknown}; valid: {list(SYSTEMS)}")
+  header = common.machine_header(f"Sampler benchmark ({'quick' if args.quick else 'full'})")
+  print(header)
+  busy = common.busy_processes()
+  spec = make_prompts(args.quick)
+  results = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    spec_path = pathlib.Path(tmp) / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    for system in systems:
+      common.log(f"{system} ...")
+      results[system] = common.run_worker(__file__, ["--system", system, "--spec", str(spec_path)])
+  load_end = "/".join(f"{x:.2f}" for x in common.load_average())
+  print()
+  print(header)
+  if busy:
+    print("Other busy processes at start: " + "; ".join(busy) + "\n")
+  if any(s.startswith("ours") for s in results) and any(s.startswith("hf") for s in results):
+    print(report(results, spec))
+  else:
+    print(json.dumps(results, indent=1))
+  print(f"\nload average at end: {load_end}; targets: row 1 >= 3x HF, row 2 >= 4x HF, row 3 ratio <= 2.5")
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(dict(spec={k: v for k, v in spec.items()
+                                                             if k not in ("short", "long")},
+                                                       results=results), indent=1))
+
+
+if __name__ == "__main__":
+  sys.exit(main())
