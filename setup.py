@@ -42,7 +42,7 @@ setuptools.setup(
         ],
         # Peers measured by benchmarks/ (not needed by the library or the tests).
         "bench": ["torch==2.13.0", "transformers>=5.0", "trl==1.16.0", "accelerate>=1.15", "datasets>=5.2",
-                  "psutil"],
+                  "pandas", "psutil"],
         "tpu": ["jax[tpu]>=0.7.1"],
         "gpu": ["jax[cuda12]>=0.7.1"],
     },
