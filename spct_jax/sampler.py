@@ -17,7 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from spct_jax.model.transformer import Cache, Transformer
+from spct_jax.model import decoding
+from spct_jax.model.config import ModelConfig
+from spct_jax.model.transformer import Transformer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +54,8 @@ class Sampling:
       raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
   def filter_logits(self, logits: jax.Array) -> jax.Array:
-    logits = logits / self.temperature
+    if self.temperature != 1.0:  # at 1.0 the filtered logits stay the raw ones, so XLA shares one log-softmax
+      logits = logits / self.temperature
     if self.top_k is not None and self.top_k < logits.shape[-1]:
       kth = jax.lax.top_k(logits, self.top_k)[0][..., -1:]
       logits = jnp.where(logits < kth, -jnp.inf, logits)
@@ -66,10 +69,32 @@ class Sampling:
     return logits
 
   def sample(self, key: jax.Array, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
-    filtered = self.filter_logits(logits)
-    tokens = jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
-    logps = jnp.take_along_axis(jax.nn.log_softmax(filtered, axis=-1), tokens[:, None], axis=-1)[:, 0]
-    return tokens, logps
+    log_probs = jax.nn.log_softmax(self.filter_logits(logits), axis=-1)
+    tokens = sample_categorical(key, log_probs)
+    return tokens, jnp.take_along_axis(log_probs, tokens[:, None], axis=-1)[:, 0]
+
+
+def sample_categorical(key: jax.Array, log_probs: jax.Array, block: int = 512) -> jax.Array:
+  """Exact draw from each row of `log_probs` f32[R, V] by inverting the CDF: int32[R].
+
+  One uniform per row instead of `jax.random.categorical`'s V Gumbel draws: with Gemma's 262k vocabulary the
+  Gumbel noise alone took ~135 ms per decode step for 32 rows on a CPU; this takes a few ms. The CDF is searched
+  in two levels (block masses, then one block) so no length-V scan runs. Tokens of probability 0 are never drawn.
+  """
+  rows, vocab = log_probs.shape
+  probs = jnp.exp(log_probs)
+  padded = -(-vocab // block) * block
+  blocks = jnp.pad(probs, ((0, 0), (0, padded - vocab))).reshape(rows, padded // block, block)
+  block_cdf = jnp.cumsum(jnp.sum(blocks, axis=-1), axis=-1)  # [R, nb]
+  total = block_cdf[:, -1]
+  # u < total strictly, so some block's CDF exceeds it; the first such block has positive mass.
+  u = jnp.minimum(jax.random.uniform(key, (rows,)) * total, total * (1 - 1e-6))
+  b = jnp.argmax(block_cdf > u[:, None], axis=-1)
+  before = jnp.where(b > 0, jnp.take_along_axis(block_cdf, jnp.maximum(b - 1, 0)[:, None], axis=-1)[:, 0], 0.0)
+  within_cdf = jnp.cumsum(jnp.take_along_axis(blocks, b[:, None, None], axis=1)[:, 0], axis=-1)  # [R, block]
+  # The block's own cumsum may round a hair below its mass: keep u inside it so a positive-mass token is hit.
+  u_within = jnp.minimum(u - before, within_cdf[:, -1] * (1 - 1e-6))
+  return (b * block + jnp.argmax(within_cdf > u_within[:, None], axis=-1)).astype(jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,17 +143,12 @@ class SampleOutput:
   done: jax.Array
 
 
-def _expand_cache(cache: Cache, row_source: jax.Array) -> Cache:
-  return Cache(k=jnp.take(cache.k, row_source, axis=1), v=jnp.take(cache.v, row_source, axis=1),
-               key_positions=jnp.take(cache.key_positions, row_source, axis=0), index=cache.index)
-
-
-def prefill(graphdef, state, prompt_tokens: jax.Array, prompt_mask: jax.Array, row_source: jax.Array, *,
-            cache_length: int) -> tuple[Cache, jax.Array, jax.Array]:
+def prefill(cfg: ModelConfig, params: decoding.DecodingParams, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+            row_source: jax.Array, *, cache_length: int) -> tuple[decoding.LayerCache, jax.Array, jax.Array]:
   """Runs each distinct prompt once and gathers its cache rows for every sample that continues it.
 
   Args:
-    graphdef, state: `nnx.split(model)`.
+    cfg, params: the model config and its `decoding.decoding_params`.
     prompt_tokens, prompt_mask: [P, T] left-padded distinct prompts.
     row_source: int32[R] prompt row each output row continues (e.g. repeat(arange(P), k): groups contiguous).
     cache_length: T + max_new_tokens.
@@ -136,18 +156,18 @@ def prefill(graphdef, state, prompt_tokens: jax.Array, prompt_mask: jax.Array, r
   Returns:
     cache with R rows, next-token logits f32[R, V], and each row's next position int32[R].
   """
-  model: Transformer = nnx.merge(graphdef, state)
   positions = jnp.maximum(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=-1) - 1, 0)
-  cache = model.init_cache(prompt_tokens.shape[0], cache_length)
-  hidden, cache = model.hidden_states(prompt_tokens, positions, prompt_mask, cache=cache)
-  logits = model.logits(hidden[:, -1:])[:, 0]
-  return (_expand_cache(cache, row_source), jnp.take(logits, row_source, axis=0),
+  cache = decoding.init_cache(cfg, prompt_tokens.shape[0], cache_length)
+  hidden, cache = decoding.forward(cfg, params, prompt_tokens, positions, cache, prompt_mask)
+  logits = decoding.logits(cfg, params, hidden[:, -1:])[:, 0]
+  return (decoding.take_rows(cfg, cache, row_source), jnp.take(logits, row_source, axis=0),
           jnp.take(positions[:, -1] + 1, row_source, axis=0))
 
 
-def decode(graphdef, state, cache: Cache, logits: jax.Array, next_position: jax.Array, key: jax.Array,
-           trigger_mask: jax.Array, stop_mask: jax.Array, *,
-           max_new_tokens: int, strategy, eos_ids: tuple[int, ...], pad_id: int) -> tuple[SampleOutput, Cache]:
+def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.LayerCache, logits: jax.Array,
+           next_position: jax.Array, key: jax.Array, trigger_mask: jax.Array, stop_mask: jax.Array, *,
+           max_new_tokens: int, strategy, eos_ids: tuple[int, ...], pad_id: int,
+           ) -> tuple[SampleOutput, decoding.LayerCache]:
   """Samples up to `max_new_tokens` per row with a `lax.while_loop`; the donated cache is updated in place.
 
   The final cache is returned so the donated input buffer can alias it (and a caller could continue decoding).
@@ -156,7 +176,6 @@ def decode(graphdef, state, cache: Cache, logits: jax.Array, next_position: jax.
   Step s draws with fold_in(key, s): results depend only on the seed and the shapes. The loop exits early once
   every row has produced an EOS.
   """
-  model: Transformer = nnx.merge(graphdef, state)
   rows = logits.shape[0]
   eos = jnp.asarray(eos_ids, jnp.int32)
 
@@ -172,8 +191,8 @@ def decode(graphdef, state, cache: Cache, logits: jax.Array, next_position: jax.
     done = done | jnp.isin(token, eos) | (armed & stop_mask[token])
     armed = armed | trigger_mask[token]
     # Finished rows keep decoding padding (their outputs are masked above): one shape for the whole batch.
-    hidden, cache = model.hidden_states(token[:, None], (next_position + s)[:, None], cache=cache)
-    return s + 1, cache, model.logits(hidden)[:, 0], out, done, lengths, armed
+    hidden, cache = decoding.forward(cfg, params, token[:, None], (next_position + s)[:, None], cache)
+    return s + 1, cache, decoding.logits(cfg, params, hidden)[:, 0], out, done, lengths, armed
 
   def keep_going(carry):
     s, _, _, _, done, _, _ = carry
@@ -189,13 +208,10 @@ def decode(graphdef, state, cache: Cache, logits: jax.Array, next_position: jax.
                       done=done), cache
 
 
-_CACHE_AXES = Cache(k=("layers", "batch", "cache_length", "kv_heads", "head_dim"),
-                    v=("layers", "batch", "cache_length", "kv_heads", "head_dim"),
-                    key_positions=("batch", "cache_length"), index=())
 _COMPILED: dict = {}
 
 
-def _compiled(kind: str, graphdef, state, cfg, mesh, rules, shape: tuple[int, int, int, int], **static):
+def _compiled(kind: str, cfg: ModelConfig, mesh, rules, shape: tuple[int, int, int, int], **static):
   """jit of `prefill` / `decode` with the static arguments bound; with a mesh, explicit in/out shardings.
 
   Without a mesh everything sits on the default device. With one, parameters keep their logical-axis shardings,
@@ -203,10 +219,10 @@ def _compiled(kind: str, graphdef, state, cfg, mesh, rules, shape: tuple[int, in
   (a dimension that does not divide its mesh axes stays replicated). shape = (prompts P, prompt length T,
   rows R, new tokens N).
   """
-  key = (kind, graphdef, mesh, rules, shape, tuple(sorted(static.items())))
+  key = (kind, cfg, mesh, rules, shape, tuple(sorted(static.items())))
   if key in _COMPILED:
     return _COMPILED[key]
-  fn = functools.partial(prefill if kind == "prefill" else decode, graphdef, **static)
+  fn = functools.partial(prefill if kind == "prefill" else decode, cfg, **static)
   donate = () if kind == "prefill" else (1,)
   if mesh is None:
     jitted = jax.jit(fn, donate_argnums=donate)
@@ -214,21 +230,23 @@ def _compiled(kind: str, graphdef, state, cfg, mesh, rules, shape: tuple[int, in
     from spct_jax import sharding  # pylint: disable=g-import-not-at-top
     p, t, r, n = shape
     named = lambda dims, axes: jax.sharding.NamedSharding(mesh, sharding.spec_for(dims, axes, mesh, rules))
-    cache_dims = (cfg.num_layers, r, t + n, cfg.num_kv_heads, cfg.head_dim)
-    cache_sh = Cache(k=named(cache_dims, _CACHE_AXES.k), v=named(cache_dims, _CACHE_AXES.v),
-                     key_positions=named((r, t + n), _CACHE_AXES.key_positions), index=named((), ()))
+    per_layer = tuple(named((r * cfg.num_kv_heads, t + n, cfg.head_dim), decoding.CACHE_AXES)
+                      for _ in range(cfg.num_layers))
+    cache_sh = decoding.LayerCache(k=per_layer, v=per_layer, key_positions=named((r, t + n), ("batch", "cache_length")),
+                                   index=named((), ()))
     rows, rows_vocab = named((r,), ("batch",)), named((r, cfg.vocab_size), ("batch", "vocab"))
-    state_sh = sharding.state_shardings(state, mesh, rules)
+    shapes = jax.eval_shape(lambda: decoding.param_shapes(cfg))
+    params_sh = jax.tree.map(lambda s, axes: named(s.shape, axes), shapes, decoding.param_logical_axes(cfg))
     if kind == "prefill":
       prompts = named((p, t), ("batch", "length"))
-      jitted = jax.jit(fn, in_shardings=(state_sh, prompts, prompts, named((r,), (None,))),
+      jitted = jax.jit(fn, in_shardings=(params_sh, prompts, prompts, named((r,), (None,))),
                        out_shardings=(cache_sh, rows_vocab, rows))
     else:
       per_token = named((r, n), ("batch", None))
       out_sh = SampleOutput(tokens=per_token, logps=per_token, model_logps=per_token, lengths=rows, done=rows)
       vocab_mask = named((cfg.vocab_size,), (None,))
       jitted = jax.jit(fn, donate_argnums=donate, out_shardings=(out_sh, cache_sh),
-                       in_shardings=(state_sh, cache_sh, rows_vocab, rows, named((), ()), vocab_mask, vocab_mask))
+                       in_shardings=(params_sh, cache_sh, rows_vocab, rows, named((), ()), vocab_mask, vocab_mask))
   _COMPILED[key] = jitted
   return jitted
 
@@ -292,20 +310,24 @@ def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, 
   row_source = np.repeat(np.asarray(prompt_rows, np.int32), num_samples)
   tokens, mask = left_pad(list(distinct), pad_id, multiple=length_multiple,
                           max_length=cfg.max_seq_len - max_new_tokens)
-  graphdef, state = nnx.split(model)
+  params = decoding.decoding_params(model)
+  # A single row leaves size-1 dimensions that XLA:CPU folds into reshapes fused with the cache update (which then
+  # copies the cache every step): decode one duplicate row and drop it.
+  decode_rows = np.repeat(row_source, 2) if len(row_source) == 1 else row_source
   key = jax.random.key(seed) if isinstance(seed, int) else seed
   rules = None
   if mesh is not None:
     from spct_jax import sharding  # pylint: disable=g-import-not-at-top
     rules = sharding.DEFAULT_RULES
-  shape = (*tokens.shape, len(row_source), max_new_tokens)
-  run_prefill = _compiled("prefill", graphdef, state, cfg, mesh, rules, shape,
-                          cache_length=tokens.shape[1] + max_new_tokens)
-  cache, logits, next_position = run_prefill(state, tokens, mask, row_source)
-  run_decode = _compiled("decode", graphdef, state, cfg, mesh, rules, shape, max_new_tokens=max_new_tokens,
+  shape = (*tokens.shape, len(decode_rows), max_new_tokens)
+  run_prefill = _compiled("prefill", cfg, mesh, rules, shape, cache_length=tokens.shape[1] + max_new_tokens)
+  cache, logits, next_position = run_prefill(params, tokens, mask, decode_rows)
+  run_decode = _compiled("decode", cfg, mesh, rules, shape, max_new_tokens=max_new_tokens,
                          strategy=strategy, eos_ids=tuple(int(e) for e in eos_ids), pad_id=pad_id)
   trigger_mask, stop_mask = (stop or StopAfter((), ())).masks(cfg.vocab_size)
-  out, _ = run_decode(state, cache, logits, next_position, key, trigger_mask, stop_mask)
+  out, _ = run_decode(params, cache, logits, next_position, key, trigger_mask, stop_mask)
+  if len(decode_rows) != len(row_source):
+    out = jax.tree.map(lambda a: a[:len(row_source)], out)
   return out, np.asarray(tokens), np.asarray(mask), row_source
 
 

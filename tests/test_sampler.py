@@ -121,3 +121,16 @@ def test_stop_after_trigger_ends_rows_at_the_stop_token(model):
   out, *_ = sampler.sample_from_tokens(model, PROMPTS[:1], max_new_tokens=10,
                                        stop=sampler.StopAfter((stop,), (trigger,)))
   assert int(out.lengths[0]) == expected_length(stop, trigger)
+
+
+def test_sample_categorical_draws_from_the_distribution_and_never_zero_probability_tokens():
+  # Vocab 11 with block 4 (padded to 12): the two-level CDF search crosses block edges; -inf tokens sit inside
+  # blocks and at a block's end.
+  logits = jnp.array([0.0, -jnp.inf, 1.0, 2.0, -jnp.inf, 0.5, -1.0, -jnp.inf, 1.5, 0.2, -0.3])
+  log_probs = jax.nn.log_softmax(logits)[None]
+  keys = jax.random.split(jax.random.key(0), 100_000)
+  draws = jax.jit(jax.vmap(lambda k: sampler.sample_categorical(k, log_probs, block=4)[0]))(keys)
+  freq = np.bincount(np.asarray(draws), minlength=11) / len(keys)
+  probs = np.exp(np.asarray(log_probs[0]))
+  assert freq[[1, 4, 7]].sum() == 0
+  np.testing.assert_allclose(freq, probs, atol=0.006)  # ~4 standard errors at 100k draws
