@@ -60,7 +60,7 @@ def test_take_rows_gathers_each_sequence_with_all_its_kv_heads(model):
 def test_decoding_params_cast_matmul_weights_once_and_keep_norms():
   model = Transformer(get_config("tiny-gemma3", compute_dtype="bfloat16"), rngs=nnx.Rngs(0))
   params = decoding.decoding_params(model)
-  assert params["embedding"].dtype == jnp.bfloat16
+  np.testing.assert_array_equal(params["embedding_t"], model.embedding[...].astype(jnp.bfloat16).T)
   assert len(params["layers"]) == model.cfg.num_layers
   layer = params["layers"][1]
   assert layer["q_proj"].dtype == jnp.bfloat16 and layer["attn_norm"].dtype == jnp.float32
@@ -90,3 +90,13 @@ def test_param_logical_axes_match_param_shapes(model):
   assert pairs and all(len(shape) == len(a) for shape, a in pairs)
   real = jax.eval_shape(lambda: decoding.decoding_params(model))
   assert jax.tree.map(lambda s: s.shape, real) == jax.tree.map(lambda s: s.shape, shapes)
+
+
+def test_decoding_params_are_reused_until_the_parameters_change():
+  model = Transformer(get_config("tiny-gemma3"), rngs=nnx.Rngs(0))
+  first = decoding.decoding_params(model)
+  assert decoding.decoding_params(model) is first
+  model.blocks.q_proj[...] = model.blocks.q_proj[...] * 2  # a new array: the cached split is stale
+  second = decoding.decoding_params(model)
+  assert second is not first
+  np.testing.assert_allclose(second["layers"][0]["q_proj"], 2 * first["layers"][0]["q_proj"])
