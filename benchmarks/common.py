@@ -140,30 +140,37 @@ def emit_result(result: dict[str, Any]) -> None:
 
 
 def run_worker(script: str | os.PathLike, args: Sequence[str], *, timeout_s: float | None = None,
-               log_prefix: str = "") -> dict[str, Any]:
+               log_prefix: str = "", env: dict[str, str] | None = None) -> dict[str, Any]:
   """Runs `python script --worker args...`; returns its RESULT dict plus `wall_s` and the child's `ru_maxrss`.
 
-  The worker's other output is echoed with `log_prefix` (progress lines), stderr goes to our stderr.
+  The worker's other output is echoed with `log_prefix` (progress lines), stderr goes to our stderr. `env` adds
+  to (or overrides) this process's environment.
   """
   cmd = [sys.executable, os.fspath(script), "--worker", *args]
-  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
   start = time.perf_counter()
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
   result = None
-  deadline = None if timeout_s is None else start + timeout_s
-  for line in proc.stdout:
-    if line.startswith(_RESULT_PREFIX):
-      result = json.loads(line[len(_RESULT_PREFIX):])
-    else:
-      print(log_prefix + line, end="", flush=True)
-    if deadline is not None and time.perf_counter() > deadline:
-      proc.kill()
-      break
+  # A timer, not a check per output line: a hung worker may print nothing.
+  fired = threading.Event()
+  killer = None if timeout_s is None else threading.Timer(timeout_s, lambda: (fired.set(), proc.kill()))
+  if killer is not None:
+    killer.start()
+  try:
+    for line in proc.stdout:
+      if line.startswith(_RESULT_PREFIX):
+        result = json.loads(line[len(_RESULT_PREFIX):])
+      else:
+        print(log_prefix + line, end="", flush=True)
+  finally:
+    if killer is not None:
+      killer.cancel()
   # wait4 gives this child's own rusage (RUSAGE_CHILDREN would be the max over all children so far).
   _, status, usage = os.wait4(proc.pid, 0)
   proc.returncode = os.waitstatus_to_exitcode(status)
   if result is None:
-    raise RuntimeError(f"worker {' '.join(cmd)} exited with {proc.returncode} and printed no result")
+    why = f" (killed after the {timeout_s:.0f} s timeout)" if fired.is_set() else ""
+    raise RuntimeError(f"worker {' '.join(cmd)} exited with {proc.returncode}{why} and printed no result")
   result["wall_s"] = time.perf_counter() - start
   result["child_max_rss_mib"] = usage.ru_maxrss / 1024
   return result
@@ -202,7 +209,7 @@ def hf_gemma3_270m(dtype: str = "float32", attn_implementation: str = "sdpa"):
 
 
 def bf16_matmul_peak(n: int = 4096, reps: int = 5) -> dict[str, float]:
-  """Measured matmul peak of this CPU through XLA: a jitted [n, n] @ [n, n] dot, bf16 in, f32 accumulate.
+  """Measured matmul peak of JAX's default device: a jitted [n, n] @ [n, n] dot, bf16 in, f32 accumulate.
 
   Returns FLOP/s of the best of `reps` runs (after a compile run), for bf16 and (as a reference) f32 inputs.
   """
@@ -245,3 +252,15 @@ def ratio_cell(ours: float | None, peer: float | None, target: float | None = No
   if target is not None:
     text += f" (target >= {target:g}x: {'met' if r >= target else 'NOT met'})"
   return text
+
+
+def print_report(lines: list[str], *, failed: Sequence[str], targets: str, markdown: str | None) -> None:
+  """Prints the final report (and writes it to `markdown` if given): the lines, failures, end load, targets."""
+  lines = list(lines)
+  if failed:
+    lines.append(f"\nFAILED (see the log): {', '.join(failed)}")
+  lines.append(f"\nload average at end: {'/'.join(f'{x:.2f}' for x in load_average())}; {targets}")
+  print()
+  print("\n".join(lines))
+  if markdown:
+    pathlib.Path(markdown).write_text("\n".join(lines) + "\n")

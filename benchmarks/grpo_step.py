@@ -3,6 +3,8 @@
 Usage:
   python benchmarks/grpo_step.py            # full: 4 items x G=4, 256 new tokens
   python benchmarks/grpo_step.py --quick    # smoke: 32 new tokens
+  python benchmarks/grpo_step.py --device gpu --random-weights --tokenizer .bench_assets/tokenizer.model \
+      --systems ours-bfloat16,trl-bfloat16  # GPU, seeded random weights (see gpu_common.py, gpu.sh)
 
 One step = rollout (sample G completions of each item) + rewards + the train update (policy forward/backward with a
 frozen reference forward, beta = 0.08, AdamW, clip 1.0). Each system runs two steps on distinct prompts of the same
@@ -17,8 +19,8 @@ TRL needs, besides torch and transformers: `pip install --no-deps trl==1.16.0 ac
 Model FLOPs utilisation (MFU): FLOPs = 2 N per generated token + 6 N per training token (prompt + completion,
 policy forward and backward), N = non-embedding parameters + the LM-head matmul (V x D, the tied embedding): the
 reference forward (another 2 N per training token), attention score FLOPs and the prompt prefill are left out.
-Divided by the step time and a bf16 matmul peak measured in the same run (jitted 4096^3 `jnp.dot`, bf16 inputs,
-f32 accumulation).
+Divided by the step time and a bf16 matmul peak measured in the same run on the same device (jitted `jnp.dot`, bf16
+inputs, f32 accumulation; 4096^3 on the CPU, 8192^3 on a GPU).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import tempfile
 import time
 
 import common  # pylint: disable=g-bad-import-order  (also puts the repo root on sys.path)
+import gpu_common  # pylint: disable=g-bad-import-order
 
 TEXTS = [
     "Write a short story about a lighthouse keeper who finds a message in a bottle.",
@@ -74,8 +77,11 @@ def model_flops_per_token() -> tuple[int, int]:
 # Workers.
 
 
-def worker_peak() -> dict:
-  return dict(system="peak", flops=common.bf16_matmul_peak(4096, 5))
+def worker_peak(spec: dict) -> dict:
+  device = spec.get("device", "cpu")
+  device_name = gpu_common.check_jax(device)
+  n, reps = gpu_common.matmul_peak_shape(device)
+  return dict(system="peak", flops=common.bf16_matmul_peak(n, reps), n=n, device_name=device_name)
 
 
 def worker_ours(spec: dict, dtype: str) -> dict:
@@ -85,20 +91,24 @@ def worker_ours(spec: dict, dtype: str) -> dict:
   from spct_jax.train.step import OptimizerConfig  # pylint: disable=g-import-not-at-top
   from spct_jax.weights import load_model  # pylint: disable=g-import-not-at-top
 
+  device = spec.get("device", "cpu")
   with common.PeakRSS() as mem:
-    (model, tok), load_s = common.timed(load_model, "gemma3-270m", compute_dtype=dtype)
+    (model, tok), load_s = common.timed(load_model, spec.get("model") or "gemma3-270m", compute_dtype=dtype)
     cfg = GRPOConfig(group_size=spec["group"], beta=spec["beta"], max_new_tokens=spec["new_tokens"],
                      temperature=1.0, logprob_chunk_size=spec["logprob_chunk"])
     trainer = GRPOTrainer(model, cfg, OptimizerConfig(learning_rate=spec["lr"], grad_clip_norm=1.0))
     del model
-  common.log(f"  ours ({dtype} compute) ready in {load_s:.1f}s, {mem.peak_mib:.0f} MiB")
-  prompts = [tok.encode(t, add_bos=True) for t in TEXTS]
+  device_name = gpu_common.check_jax(device)
+  common.log(f"  ours ({dtype} compute) ready in {load_s:.1f}s, {mem.peak_mib:.0f} MiB, on {device_name}")
+  # --random-weights: the ids the main process made (tokenized TEXTS, or random ids without a tokenizer).
+  prompts = spec.get("prompt_ids") or [tok.encode(t, add_bos=True) for t in TEXTS]
+  pad_id = tok.pad_id if tok is not None else gpu_common.PAD_ID
   steps = []
   for i in range(spec["steps"]):
     items = prompts[i * spec["items"]:(i + 1) * spec["items"]]
     with common.PeakRSS() as step_mem:
       (batch, out), rollout_s = common.timed(trainer.rollout, items, seed=i, eos_ids=(NEVER_EOS,),
-                                             pad_id=tok.pad_id)
+                                             pad_id=pad_id)
       completions = np.asarray(out.tokens)
       if not (np.asarray(out.lengths) == spec["new_tokens"]).all():
         raise RuntimeError(f"rows stopped early: {out.lengths}")
@@ -107,10 +117,11 @@ def worker_ours(spec: dict, dtype: str) -> dict:
     steps.append(dict(rollout_s=rollout_s, update_s=update_s, step_s=rollout_s + update_s,
                       completion_tokens=int(completions.size),
                       train_tokens=int(sum(len(p) for p in items) * spec["group"] + completions.size),
-                      prompt_lengths=[len(p) for p in items], loss=metrics["loss"], peak_rss_mib=step_mem.peak_mib))
+                      prompt_lengths=[len(p) for p in items], loss=metrics["loss"], peak_rss_mib=step_mem.peak_mib,
+                      peak_gpu_mib=gpu_common.jax_peak_mib() if device == "gpu" else None))
     common.log(f"  ours step {i + 1}: rollout {rollout_s:.1f}s, update {update_s:.1f}s, loss {metrics['loss']:.4f}, "
                f"peak RSS {step_mem.peak_mib:.0f} MiB")
-  return dict(system=f"ours-{dtype}", load_s=load_s, steps=steps)
+  return dict(system=f"ours-{dtype}", load_s=load_s, steps=steps, device_name=device_name)
 
 
 def hf_folder() -> pathlib.Path:
@@ -137,21 +148,25 @@ def worker_trl(spec: dict, dtype: str) -> dict:
   import transformers  # pylint: disable=g-import-not-at-top
   import trl  # pylint: disable=g-import-not-at-top
 
-  folder = hf_folder()
+  folder = pathlib.Path(spec["model"]) if spec.get("model") else hf_folder()
+  dev = gpu_common.torch_device(spec.get("device", "cpu"))
   steps, marks = [], {}
 
   class Timer(transformers.TrainerCallback):
     def on_step_begin(self, args, state, control, **kw):
+      gpu_common.torch_sync(dev)
       marks.update(begin=time.perf_counter(), generate=0.0)
       marks["mem"] = common.PeakRSS().__enter__()
 
     def on_step_end(self, args, state, control, **kw):
+      gpu_common.torch_sync(dev)
       step_s = time.perf_counter() - marks["begin"]
       mem = marks.pop("mem")
       mem.__exit__()
       steps.append(dict(step_s=step_s, rollout_s=marks["generate"], update_s=step_s - marks["generate"],
                         completion_tokens=marks["completion_tokens"], train_tokens=marks["train_tokens"],
-                        prompt_lengths=marks["prompt_lengths"], peak_rss_mib=mem.peak_mib))
+                        prompt_lengths=marks["prompt_lengths"], peak_rss_mib=mem.peak_mib,
+                        peak_gpu_mib=gpu_common.torch_peak_mib(dev)))
       common.log(f"  TRL step {state.global_step}: rollout {marks['generate']:.1f}s, update "
                  f"{step_s - marks['generate']:.1f}s, peak RSS {mem.peak_mib:.0f} MiB")
 
@@ -165,7 +180,7 @@ def worker_trl(spec: dict, dtype: str) -> dict:
   accum = rows // spec["trl_micro_batch"]
   with tempfile.TemporaryDirectory() as out_dir:
     args = trl.GRPOConfig(
-        output_dir=out_dir, use_cpu=True, bf16=dtype == "bfloat16", report_to="none", save_strategy="no",
+        output_dir=out_dir, use_cpu=dev == "cpu", bf16=dtype == "bfloat16", report_to="none", save_strategy="no",
         logging_steps=1, disable_tqdm=True, seed=0, shuffle_dataset=False, dataloader_num_workers=0,
         # One optimizer step = one generation of items x G rows, trained in micro-batches of `trl_micro_batch`.
         per_device_train_batch_size=spec["trl_micro_batch"], gradient_accumulation_steps=accum,
@@ -179,11 +194,13 @@ def worker_trl(spec: dict, dtype: str) -> dict:
       trainer, load_s = common.timed(trl.GRPOTrainer, model=str(folder), reward_funcs=reward, args=args,
                                      train_dataset=data, callbacks=[Timer()])
     common.log(f"  TRL ({dtype}) ready in {load_s:.1f}s, {mem.peak_mib:.0f} MiB, torch threads "
-               f"{torch.get_num_threads()}")
+               f"{torch.get_num_threads()}, on {gpu_common.torch_device_name(dev)} (model on "
+               f"{next(trainer.model.parameters()).device})")
     generate = trainer._generate  # pylint: disable=protected-access
 
     def timed_generate(prompts):
-      result, seconds = common.timed(generate, prompts)
+      gpu_common.torch_sync(dev)
+      result, seconds = common.timed(lambda: (generate(prompts), gpu_common.torch_sync(dev))[0])
       marks["generate"] += seconds
       prompt_ids, completion_ids = result[0], result[1]
       if any(len(c) != n for c in completion_ids):
@@ -196,7 +213,8 @@ def worker_trl(spec: dict, dtype: str) -> dict:
     trainer._generate = timed_generate  # pylint: disable=protected-access
     trainer.train()
   return dict(system=f"trl-{dtype}", load_s=load_s, steps=steps, trl_version=trl.__version__,
-              torch_version=torch.__version__, torch_threads=torch.get_num_threads())
+              torch_version=torch.__version__, torch_threads=torch.get_num_threads(),
+              device_name=gpu_common.torch_device_name(dev))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -206,7 +224,7 @@ SYSTEMS = {"ours-bfloat16": "ours bf16", "ours-float32": "ours f32", "trl-float3
            "trl-bfloat16": "TRL bf16 (autocast)"}
 
 
-def report(results: dict[str, dict], spec: dict, peak: dict[str, float]) -> str:
+def report(results: dict[str, dict], spec: dict, peak: dict[str, float] | None) -> str:
   names = [s for s in SYSTEMS if s in results]
   n_flops, _ = model_flops_per_token()
   timed_step = lambda s: results[s]["steps"][-1]
@@ -215,6 +233,8 @@ def report(results: dict[str, dict], spec: dict, peak: dict[str, float]) -> str:
 
   def mfu(s):
     st = timed_step(s)
+    if peak is None:
+      return None
     return (2 * n_flops * st["completion_tokens"] + 6 * n_flops * st["train_tokens"]) / st["step_s"] / peak["bf16"]
 
   def row(label, fn, digits=2):
@@ -227,11 +247,15 @@ def report(results: dict[str, dict], spec: dict, peak: dict[str, float]) -> str:
       row("  rollout / sampling (s)", lambda s: timed_step(s)["rollout_s"], 1),
       row("  update: ref fwd + policy fwd/bwd + AdamW (s)", lambda s: timed_step(s)["update_s"], 1),
       row("first (warm-up) step (s)", lambda s: results[s]["steps"][0]["step_s"], 1),
-      row("MFU vs measured bf16 peak (%)", lambda s: 100 * mfu(s), 2),
+      row("MFU vs measured bf16 peak (%)", lambda s: None if mfu(s) is None else 100 * mfu(s), 2),
       row("peak RSS during timed step (MiB)", lambda s: timed_step(s)["peak_rss_mib"], 0),
       row("process ru_maxrss (MiB)", lambda s: results[s]["child_max_rss_mib"], 0),
       ["prompt lengths (tokens)"] + [str(sorted(set(timed_step(s)["prompt_lengths"]))) for s in names],
   ]
+  if spec.get("device") == "gpu":  # Process-wide high-water marks (JAX's cannot be reset; step 1 has step 2's shapes).
+    rows += [row("peak GPU memory up to the end of the timed step (MiB)",
+                 lambda s: timed_step(s).get("peak_gpu_mib"), 0),
+             ["device"] + [results[s].get("device_name", "?") for s in names]]
   table = common.markdown_table(["per GRPO step"] + [SYSTEMS[s] for s in names], rows)
   ratios = [f"- {SYSTEMS[o]} vs {SYSTEMS[p]}: "
             + common.ratio_cell(1 / timed_step(o)["step_s"], 1 / timed_step(p)["step_s"], 3) + " steps/s"
@@ -243,9 +267,16 @@ def report(results: dict[str, dict], spec: dict, peak: dict[str, float]) -> str:
            f"memory knobs: ours logprob_chunk_size={spec['logprob_chunk']}, TRL micro-batch "
            f"{spec['trl_micro_batch']} rows (gradient accumulation {accum}).",
            f"MFU FLOPs = 2N x completion tokens + 6N x training tokens, N = {n_flops / 1e6:.1f}M "
-           f"(non-embedding + LM-head V x D); measured peak: bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s, "
-           f"f32 {peak['f32'] / 1e9:.0f} GFLOP/s (jitted 4096^3 jnp.dot, f32 accumulation)."]
+           f"(non-embedding + LM-head V x D); " + _peak_note(peak, spec)]
   return "\n".join([table, "", *ratios, "", *notes])
+
+
+def _peak_note(peak: dict[str, float] | None, spec: dict) -> str:
+  if peak is None:
+    return "the peak measurement FAILED (no MFU)."
+  f32 = "; f32 at XLA's default GPU matmul precision" if spec.get("device") == "gpu" else ""
+  return (f"measured peak: bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s, f32 {peak['f32'] / 1e9:.0f} GFLOP/s "
+          f"(jitted {spec.get('peak_n', 4096)}^3 jnp.dot, f32 accumulation{f32}).")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -257,17 +288,15 @@ def main(argv: list[str] | None = None) -> None:
                       help="ours: GRPOConfig.logprob_chunk_size, 0 = whole completion at once (memory knob)")
   parser.add_argument("--trl-micro-batch", type=int, default=4,
                       help="TRL: rows per forward/backward micro-batch (gradient accumulation; memory knob)")
-  parser.add_argument("--json", help="also write the raw results here")
-  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-  parser.add_argument("--system", help=argparse.SUPPRESS)
-  parser.add_argument("--spec", help=argparse.SUPPRESS)
+  gpu_common.add_run_args(parser, peer="TRL", without_tokenizer="TRL needs --tokenizer, ours uses random prompt "
+                                                                 "ids without it")
   args = parser.parse_args(argv)
 
   if args.worker:
-    if args.system == "peak":
-      common.emit_result(worker_peak())
-      return
     spec = json.loads(pathlib.Path(args.spec).read_text())
+    if args.system == "peak":
+      common.emit_result(worker_peak(spec))
+      return
     kind, dtype = args.system.split("-")
     common.emit_result((worker_ours if kind == "ours" else worker_trl)(spec, dtype))
     return
@@ -276,28 +305,56 @@ def main(argv: list[str] | None = None) -> None:
   unknown = sorted(set(systems) - set(SYSTEMS))
   if unknown:
     parser.error(f"unknown systems {unknown}; valid: {list(SYSTEMS)}")
-  header = common.machine_header(f"GRPO step benchmark ({'quick' if args.quick else 'full'})")
+  if args.random_weights and not args.tokenizer and any(s.startswith("trl") for s in systems):
+    parser.error("TRL tokenizes text prompts: --random-weights with trl systems needs --tokenizer")
+  header = gpu_common.header(f"GRPO step benchmark ({'quick' if args.quick else 'full'})", args.device)
   print(header)
   busy = common.busy_processes()
-  spec = dict(settings(args.quick), logprob_chunk=args.logprob_chunk or None, trl_micro_batch=args.trl_micro_batch)
-  results = {}
+  spec = dict(settings(args.quick), logprob_chunk=args.logprob_chunk or None, trl_micro_batch=args.trl_micro_batch,
+              device=args.device, peak_n=gpu_common.matmul_peak_shape(args.device)[0])
+  results, failed, peak = {}, [], None
+  if args.random_weights:
+    texts = TEXTS[:spec["items"] * spec["steps"]]
+    try:  # Checked: the HF tokenizer TRL uses gives our ids for these texts.
+      spec["model"] = str(gpu_common.ensure_random_folder(0, args.tokenizer, texts if args.tokenizer else []))
+    except RuntimeError as e:  # Without a working HF tokenizer, ours still runs (TRL cannot).
+      common.log(f"HF tokenizer FAILED: {e}")
+      failed += [s for s in systems if s.startswith("trl")]
+      systems = [s for s in systems if not s.startswith("trl")]
+      spec["model"] = str(gpu_common.ensure_random_folder(0, None))
+    if args.tokenizer:
+      tok = gpu_common.our_tokenizer(args.tokenizer)
+      spec["prompt_ids"] = [tok.encode(t, add_bos=True) for t in texts]
+    else:  # The lengths the tokenized TEXTS have (13-17), seeded.
+      spec["prompt_ids"] = gpu_common.random_prompts(0, [13 + i % 5 for i in range(len(texts))])
+  env = gpu_common.worker_env(args.device)
   with tempfile.TemporaryDirectory() as tmp:
     spec_path = pathlib.Path(tmp) / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    common.log("bf16 matmul peak ...")
-    peak = common.run_worker(__file__, ["--system", "peak"])["flops"]
-    for system in systems:
-      common.log(f"{system} ...")
-      results[system] = common.run_worker(__file__, ["--system", system, "--spec", str(spec_path)])
-  load_end = "/".join(f"{x:.2f}" for x in common.load_average())
-  print()
-  print(header)
+    for system in ["peak", *systems]:
+      common.log("bf16 matmul peak ..." if system == "peak" else f"{system} ...")
+      try:
+        result = common.run_worker(__file__, ["--system", system, "--spec", str(spec_path)],
+                                   timeout_s=args.worker_timeout, env=env)
+      except RuntimeError as e:  # Report the systems that did run.
+        common.log(f"{system} FAILED: {e}")
+        failed.append(system)
+        continue
+      if system == "peak":
+        peak = result["flops"]
+      else:
+        results[system] = result
+  lines = [header]
   if busy:
-    print("Other busy processes at start: " + "; ".join(busy) + "\n")
-  print(report(results, spec, peak))
-  print(f"\nload average at end: {load_end}; target: ours >= 3x TRL steps/s")
+    lines.append("Other busy processes at start: " + "; ".join(busy) + "\n")
+  if args.random_weights:
+    lines.append(f"Weights: seeded random (seed 0) Gemma 3 270M architecture, {spec['model']}; prompts: "
+                 f"{'the texts, tokenized' if args.tokenizer else 'random ids (seed 0)'}.\n")
+  lines.append(report(results, spec, peak) if results else json.dumps(results))
+  common.print_report(lines, failed=failed, targets="target: ours >= 3x TRL steps/s", markdown=args.markdown)
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(dict(spec=spec, peak=peak, results=results), indent=1))
+  return 1 if failed else None
 
 
 if __name__ == "__main__":

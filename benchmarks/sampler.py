@@ -3,6 +3,8 @@
 Usage:
   python benchmarks/sampler.py            # full: 64 new tokens, ~1000-token prompt for prefill sharing
   python benchmarks/sampler.py --quick    # smoke: 16 new tokens, ~256-token prompt
+  python benchmarks/sampler.py --device gpu --random-weights --tokenizer .bench_assets/tokenizer.model \
+      --systems ours-bfloat16,hf-bfloat16  # GPU, seeded random weights (see gpu_common.py, gpu.sh)
 
 Rows (each system in its own subprocess, run one after another):
   1. batch-1 greedy decode tok/s (~20-token prompt), compile time (first call minus a steady call) separately.
@@ -23,6 +25,7 @@ import sys
 import tempfile
 
 import common  # pylint: disable=g-bad-import-order  (also puts the repo root on sys.path)
+import gpu_common  # pylint: disable=g-bad-import-order
 
 SHORT_TEXTS = [
     "The history of the printing press begins in the fifteenth century, when a goldsmith in Mainz began to",
@@ -40,19 +43,25 @@ LONG_SENTENCES = [
 NEVER_EOS = -1  # an id no sampler can produce: generation never stops early
 
 
-def settings(quick: bool) -> dict:
+def settings(quick: bool, device: str = "cpu") -> dict:
   if quick:
     return dict(short_len=20, greedy_new=16, sample_new=16, long_len=256, share_new=16, k=8, reps=2, peer_reps=1)
+  if device == "gpu":  # Every call takes seconds at most on a GPU: more timed runs, same shapes.
+    return dict(short_len=20, greedy_new=64, sample_new=64, long_len=1000, share_new=64, k=8, reps=5, peer_reps=3)
   # Timed runs per row after the warm-up: ours is quick, HF rows 2-3 take minutes (row 1 is always timed twice).
   return dict(short_len=20, greedy_new=64, sample_new=64, long_len=1000, share_new=64, k=8, reps=3, peer_reps=1)
 
 
-def make_prompts(quick: bool) -> dict:
-  """Token ids (with BOS) from our tokenizer: 4 short prompts of exactly `short_len`, one long prompt."""
-  from spct_jax.weights import load_tokenizer  # pylint: disable=g-import-not-at-top
+def make_prompts(quick: bool, device: str = "cpu", tokenizer: str | None = None, random_ids: bool = False) -> dict:
+  """Token ids (with BOS): 4 short prompts of exactly `short_len`, one long prompt.
 
-  cfg = settings(quick)
-  tok = load_tokenizer("gemma3-270m")
+  From our tokenizer (`tokenizer`, default the GGUF's), or seeded random ids when `random_ids` (no tokenizer).
+  """
+  cfg = settings(quick, device)
+  if random_ids:
+    ids = gpu_common.random_prompts(0, [cfg["short_len"]] * len(SHORT_TEXTS) + [cfg["long_len"]])
+    return dict(cfg, short=ids[:-1], long=ids[-1], pad_id=gpu_common.PAD_ID, prompts="random ids (seed 0)")
+  tok = gpu_common.our_tokenizer(tokenizer or "gemma3-270m")
   short = [tok.encode(t, add_bos=True)[:cfg["short_len"]] for t in SHORT_TEXTS]
   if any(len(s) < cfg["short_len"] for s in short):
     raise ValueError("a short prompt text is shorter than short_len tokens")
@@ -61,17 +70,18 @@ def make_prompts(quick: bool) -> dict:
     long_text += f"{i + 1}. " + LONG_SENTENCES[i % len(LONG_SENTENCES)] + " "
     i += 1
   long = tok.encode(long_text, add_bos=True)[:cfg["long_len"]]
-  return dict(cfg, short=short, long=long, pad_id=tok.pad_id)
+  return dict(cfg, short=short, long=long, pad_id=tok.pad_id, prompts="text")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Workers.
 
 
-def _phases(spec: dict, run, warmup, reps: int) -> dict:
+def _phases(spec: dict, run, warmup, reps: int, gpu_peak=lambda: None) -> dict:
   """Runs the benchmark rows with `run(prompts, n_new, k, sample) -> None` (blocks until done).
 
-  `warmup(prompts, n_new, k, sample) -> seconds` is the untimed first call with the row's shapes.
+  `warmup(prompts, n_new, k, sample) -> seconds` is the untimed first call with the row's shapes; `gpu_peak()` the
+  process's GPU memory high-water mark (MiB) so far, or None.
   """
   k = spec["k"]
   phases = {}
@@ -82,7 +92,7 @@ def _phases(spec: dict, run, warmup, reps: int) -> dict:
       times = [common.timed(run, prompts, n_new, num, sample)[1] for _ in range(reps)]
     tokens = len(prompts) * num * n_new
     phases[name] = dict(first_s=first, times_s=times, best_s=min(times), tokens=tokens,
-                        tok_per_s=tokens / min(times), peak_rss_mib=mem.peak_mib)
+                        tok_per_s=tokens / min(times), peak_rss_mib=mem.peak_mib, peak_gpu_mib=gpu_peak())
     common.log(f"  {name}: first {first:.2f}s, timed {', '.join(f'{t:.2f}' for t in times)}s, "
                f"{tokens / min(times):.1f} tok/s, peak RSS {mem.peak_mib:.0f} MiB")
 
@@ -100,14 +110,18 @@ def worker_ours(spec: dict, dtype: str) -> dict:
   from spct_jax import sampler  # pylint: disable=g-import-not-at-top
   from spct_jax.weights import load_model  # pylint: disable=g-import-not-at-top
 
+  device = spec.get("device", "cpu")
   with common.PeakRSS() as mem:
-    (model, _), load_s = common.timed(load_model, "gemma3-270m", compute_dtype=dtype)
-  common.log(f"  ours ({dtype} compute) loaded in {load_s:.1f}s, {mem.peak_mib:.0f} MiB")
+    (model, _), load_s = common.timed(load_model, spec.get("model") or "gemma3-270m", compute_dtype=dtype)
+  device_name = gpu_common.check_jax(device)
+  common.log(f"  ours ({dtype} compute) loaded in {load_s:.1f}s, {mem.peak_mib:.0f} MiB, on {device_name}")
 
   def run(prompts, n_new, k, sample):
     strategy = sampler.Sampling(temperature=1.0) if sample else sampler.Greedy()
     out, *_ = sampler.sample_from_tokens(model, prompts, max_new_tokens=n_new, num_samples=k, strategy=strategy,
                                          seed=0, eos_ids=(NEVER_EOS,), pad_id=spec["pad_id"])
+    if device == "gpu":
+      jax.block_until_ready(out)
     lengths = np.asarray(jax.device_get(out.lengths))
     if not (lengths == n_new).all():
       raise RuntimeError(f"rows stopped early: {lengths}")
@@ -115,18 +129,30 @@ def worker_ours(spec: dict, dtype: str) -> dict:
   def warmup(*args):  # jit compiles per shape: the first call with the row's exact shapes compiles
     return common.timed(run, *args)[1]
 
-  phases = _phases(spec, run, warmup, spec["reps"])
-  return dict(system=f"ours-{dtype}", load_s=load_s, load_peak_rss_mib=mem.peak_mib, phases=phases)
+  gpu_peak = gpu_common.jax_peak_mib if device == "gpu" else lambda: None
+  load_gpu_mib = gpu_peak()
+  phases = _phases(spec, run, warmup, spec["reps"], gpu_peak)
+  return dict(system=f"ours-{dtype}", load_s=load_s, load_peak_rss_mib=mem.peak_mib, phases=phases,
+              device_name=device_name, load_peak_gpu_mib=load_gpu_mib)
 
 
 def worker_hf(spec: dict, dtype: str) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
 
+  dev = gpu_common.torch_device(spec.get("device", "cpu"))
   with common.PeakRSS() as mem:
-    model, load_s = common.timed(common.hf_gemma3_270m, dtype)
+    if spec.get("model"):  # --random-weights: the exported folder
+      model, load_s = common.timed(gpu_common.hf_model, spec["model"], dtype)
+    else:
+      model, load_s = common.timed(common.hf_gemma3_270m, dtype)
+    if dev != "cpu":  # The load time includes the copy to the GPU.
+      model, seconds = common.timed(lambda m=model: m.to(dev))
+      gpu_common.torch_sync(dev)
+      load_s += seconds
   common.log(f"  HF ({dtype}) loaded in {load_s:.1f}s, {mem.peak_mib:.0f} MiB, torch threads "
-             f"{torch.get_num_threads()}")
+             f"{torch.get_num_threads()}, on {gpu_common.torch_device_name(dev)}")
   pad_id = spec["pad_id"]
+  load_gpu_mib = gpu_common.torch_peak_mib(dev)
 
   def run(prompts, n_new, k, sample):
     length = max(len(p) for p in prompts)
@@ -141,16 +167,18 @@ def worker_hf(spec: dict, dtype: str) -> dict:
       kw.update(temperature=1.0, top_k=0, top_p=1.0)
     torch.manual_seed(0)
     with torch.inference_mode():
-      out = model.generate(input_ids=ids, attention_mask=mask, **kw)
+      out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), **kw)
+    gpu_common.torch_sync(dev)
     if out.shape != (len(prompts) * k, length + n_new):
       raise RuntimeError(f"HF generated shape {tuple(out.shape)}")
 
   def warmup(prompts, n_new, k, sample):  # same batch and prompt shapes, 2 new tokens (no compile to amortise)
     return common.timed(run, prompts, min(n_new, 2), k, sample)[1]
 
-  phases = _phases(spec, run, warmup, spec["peer_reps"])
+  phases = _phases(spec, run, warmup, spec["peer_reps"], lambda: gpu_common.torch_peak_mib(dev))
   return dict(system=f"hf-{dtype}", load_s=load_s, load_peak_rss_mib=mem.peak_mib, phases=phases,
-              torch_threads=torch.get_num_threads(), torch_version=torch.__version__)
+              torch_threads=torch.get_num_threads(), torch_version=torch.__version__,
+              device_name=gpu_common.torch_device_name(dev), load_peak_gpu_mib=load_gpu_mib)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -198,6 +226,14 @@ def report(results: dict[str, dict], spec: dict) -> str:
     rows.append([f"   peak RSS during {label} (MiB)"]
                 + [common.fmt(ph(s, phase)["peak_rss_mib"], 0) for s in names] + blank)
   rows.append(["   process ru_maxrss (MiB)"] + [common.fmt(results[s]["child_max_rss_mib"], 0) for s in names] + blank)
+  if spec.get("device") == "gpu":  # High-water marks of the whole process so far (JAX's cannot be reset).
+    rows.append(["5. peak GPU memory after load (MiB)"]
+                + [common.fmt(results[s].get("load_peak_gpu_mib"), 0) for s in names] + blank)
+    for phase, label in (("greedy_b1", "row 1"), ("sample_4x8", "row 2"), ("share_k1", "row 3 k=1"),
+                         (f"share_k{k}", f"row 3 k={k}")):
+      rows.append([f"   peak GPU memory up to the end of {label} (MiB)"]
+                  + [common.fmt(ph(s, phase).get("peak_gpu_mib"), 0) for s in names] + blank)
+    rows.append(["   device"] + [results[s].get("device_name", "?") for s in names] + blank)
   return common.markdown_table(headers, rows)
 
 
@@ -205,10 +241,7 @@ def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="short smoke run (16 new tokens, 256-token long prompt)")
   parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list from {list(SYSTEMS)}")
-  parser.add_argument("--json", help="also write the raw results here")
-  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-  parser.add_argument("--system", help=argparse.SUPPRESS)
-  parser.add_argument("--spec", help=argparse.SUPPRESS)
+  gpu_common.add_run_args(parser, peer="HF", without_tokenizer="prompts are random ids unless --tokenizer is given")
   args = parser.parse_args(argv)
 
   if args.worker:
@@ -221,31 +254,42 @@ def main(argv: list[str] | None = None) -> None:
   unknown = sorted(set(systems) - set(SYSTEMS))
   if unknown:
     parser.error(f"unknown systems {unknown}; valid: {list(SYSTEMS)}")
-  header = common.machine_header(f"Sampler benchmark ({'quick' if args.quick else 'full'})")
+  header = gpu_common.header(f"Sampler benchmark ({'quick' if args.quick else 'full'})", args.device)
   print(header)
   busy = common.busy_processes()
-  spec = make_prompts(args.quick)
-  results = {}
+  spec = make_prompts(args.quick, args.device, args.tokenizer, random_ids=args.random_weights and not args.tokenizer)
+  spec["device"] = args.device
+  if args.random_weights:  # Prompts are ids already: no HF tokenizer needed here.
+    spec["model"] = str(gpu_common.ensure_random_folder(0, None))
+  results, failed = {}, []
   with tempfile.TemporaryDirectory() as tmp:
     spec_path = pathlib.Path(tmp) / "spec.json"
     spec_path.write_text(json.dumps(spec))
     for system in systems:
       common.log(f"{system} ...")
-      results[system] = common.run_worker(__file__, ["--system", system, "--spec", str(spec_path)])
-  load_end = "/".join(f"{x:.2f}" for x in common.load_average())
-  print()
-  print(header)
+      try:
+        results[system] = common.run_worker(__file__, ["--system", system, "--spec", str(spec_path)],
+                                            timeout_s=args.worker_timeout, env=gpu_common.worker_env(args.device))
+      except RuntimeError as e:  # Report the systems that did run.
+        common.log(f"{system} FAILED: {e}")
+        failed.append(system)
+  lines = [header]
   if busy:
-    print("Other busy processes at start: " + "; ".join(busy) + "\n")
+    lines.append("Other busy processes at start: " + "; ".join(busy) + "\n")
+  if args.random_weights:
+    lines.append(f"Weights: seeded random (seed 0) Gemma 3 270M architecture, {spec['model']}; prompts: "
+                 f"{spec['prompts']}.\n")
   if any(s.startswith("ours") for s in results) and any(s.startswith("hf") for s in results):
-    print(report(results, spec))
+    lines.append(report(results, spec))
   else:
-    print(json.dumps(results, indent=1))
-  print(f"\nload average at end: {load_end}; targets: row 1 >= 3x HF, row 2 >= 4x HF, row 3 ratio <= 2.5")
+    lines.append(json.dumps(results, indent=1))
+  common.print_report(lines, failed=failed, markdown=args.markdown,
+                      targets="targets: row 1 >= 3x HF, row 2 >= 4x HF, row 3 ratio <= 2.5")
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(dict(spec={k: v for k, v in spec.items()
                                                              if k not in ("short", "long")},
                                                        results=results), indent=1))
+  return 1 if failed else None
 
 
 if __name__ == "__main__":
