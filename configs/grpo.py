@@ -45,7 +45,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.grm = ml_collections.ConfigDict()
   c.grm.template = "default"
   c.grm.chat_style = "raw"         # the paper trains the pretrained base model: raw text, no chat turns
-  c.grm.num_demonstrations = 1     # worked examples before the task: a base model needs them to score at all
+  # Worked examples before the task: a base model needs them to score at all. Step-0 parse rate of 72 rollouts
+  # (3 steps x 2 items x 12 samples): 1 demo + 96 tokens 1/72, 2 demos + 128 tokens 9/72.
+  c.grm.num_demonstrations = 2
   c.grm.demo_seed = 1
   c.grm.output_prefix = "Specific Criteria:"
   c.grm.stop_after_scores = True   # end a rollout at the `}` closing its \boxed{..}: no reward-free tail to train on
@@ -64,7 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.grpo.temperature = 1.0         # rollout temperature (paper: not given)
   c.grpo.top_k = ml_collections.FieldReference(None, field_type=int)
   c.grpo.top_p = ml_collections.FieldReference(None, field_type=float)
-  c.grpo.max_new_tokens = 96
+  c.grpo.max_new_tokens = 128      # most judgements end earlier (stop_after_scores); 96 cut many before the scores
   c.grpo.logprob_chunk_size = ml_collections.FieldReference(None, field_type=int)
 
   c.optimizer = ml_collections.ConfigDict()

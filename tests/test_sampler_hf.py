@@ -30,3 +30,25 @@ def test_greedy_equals_hf_generate_including_a_prompt_beyond_the_window():
     got = np.asarray(ours.tokens[i, :len(expected)]).tolist()
     assert got == expected, f"prompt {i}: ours {tokenizer.decode(got)!r} vs HF {tokenizer.decode(expected)!r}"
     assert len(expected) >= 20 or expected[-1] == tokenizer.eos_id
+
+
+@pytest.mark.slow
+def test_bf16_sampled_log_probs_equal_the_training_paths_on_the_real_model():
+  """The sampler (unrolled decoding, bf16 weights, f32 cache) and the GRPO train step's teacher-forced log-probs
+  (scanned layers, shared prefix) are the same function: rollout log-probs mean what the update assumes."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from spct_jax.train import grpo_trainer  # pylint: disable=g-import-not-at-top
+
+  model, tokenizer = load_model("gemma3-270m", compute_dtype="bfloat16")
+  text = " ".join(f"Step {i}: add {i * 3 % 11} to the total, then note it." for i in range(70))
+  prompts = [tokenizer.encode(text), tokenizer.encode("Score the two answers to 2 + 2:")]
+  assert len(prompts[0]) > 600
+  out, prompt_tokens, prompt_mask, row_source = sampler.sample_from_tokens(
+      model, prompts, max_new_tokens=32, num_samples=3, strategy=sampler.Sampling(1.0), seed=1,
+      eos_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id)
+  out = jax.device_get(out)
+  batch = grpo_trainer.assemble_batch(prompt_tokens, prompt_mask, row_source, out)
+  teacher = np.asarray(jax.jit(grpo_trainer.completion_logps)(model, batch))
+  real = batch["completion_mask"] > 0
+  diff = np.abs(teacher - out.model_logps)[real]
+  assert diff.mean() < 0.03 and diff.max() < 0.5, (diff.mean(), diff.max())  # bf16 matmuls on both sides
