@@ -264,3 +264,12 @@ def print_report(lines: list[str], *, failed: Sequence[str], targets: str, markd
   print("\n".join(lines))
   if markdown:
     pathlib.Path(markdown).write_text("\n".join(lines) + "\n")
+
+
+def parse_systems(parser, text: str, valid) -> list[str]:
+  """The comma list of `--systems`; unknown names stop the run with the valid ones."""
+  systems = [s for s in text.split(",") if s]
+  unknown = sorted(set(systems) - set(valid))
+  if unknown:
+    parser.error(f"unknown systems {unknown}; valid: {list(valid)}")
+  return systems

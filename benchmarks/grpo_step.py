@@ -301,10 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     common.emit_result((worker_ours if kind == "ours" else worker_trl)(spec, dtype))
     return
 
-  systems = [s for s in args.systems.split(",") if s]
-  unknown = sorted(set(systems) - set(SYSTEMS))
-  if unknown:
-    parser.error(f"unknown systems {unknown}; valid: {list(SYSTEMS)}")
+  systems = common.parse_systems(parser, args.systems, SYSTEMS)
   if args.random_weights and not args.tokenizer and any(s.startswith("trl") for s in systems):
     parser.error("TRL tokenizes text prompts: --random-weights with trl systems needs --tokenizer")
   header = gpu_common.header(f"GRPO step benchmark ({'quick' if args.quick else 'full'})", args.device)

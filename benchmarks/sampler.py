@@ -250,10 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     common.emit_result((worker_ours if kind == "ours" else worker_hf)(spec, dtype))
     return
 
-  systems = [s for s in args.systems.split(",") if s]
-  unknown = sorted(set(systems) - set(SYSTEMS))
-  if unknown:
-    parser.error(f"unknown systems {unknown}; valid: {list(SYSTEMS)}")
+  systems = common.parse_systems(parser, args.systems, SYSTEMS)
   header = gpu_common.header(f"Sampler benchmark ({'quick' if args.quick else 'full'})", args.device)
   print(header)
   busy = common.busy_processes()

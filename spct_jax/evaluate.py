@@ -83,10 +83,7 @@ def synthetic_tokenizer(vocab_size: int = 1024, seed: int = 0):
 def build_model(config) -> tuple[Any, Any, dict[str, Any], Any]:
   """(model, tokenizer, description, mesh) for config.model / config.mesh."""
   m = config.model
-  mesh = None
-  if config.get("mesh"):
-    from spct_jax import sharding
-    mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
+  mesh = experiment.build_mesh(config)
   if m.init == "pretrained":
     from spct_jax.weights import load_model
     model, tokenizer = load_model(m.name, dtype=m.param_dtype, compute_dtype=m.compute_dtype, mesh=mesh,

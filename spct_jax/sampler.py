@@ -211,13 +211,14 @@ def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.La
 _COMPILED: dict = {}
 
 
-def _compiled(kind: str, cfg: ModelConfig, mesh, rules, shape: tuple[int, int, int, int], **static):
+def _compiled(kind: str, cfg: ModelConfig, params: decoding.DecodingParams, mesh, rules,
+              shape: tuple[int, int, int, int], **static):
   """jit of `prefill` / `decode` with the static arguments bound; with a mesh, explicit in/out shardings.
 
   Without a mesh everything sits on the default device. With one, parameters keep their logical-axis shardings,
   prompt/cache/sample rows are sharded over `batch` (data x fsdp) and the vocab dimension of logits over `tensor`
   (a dimension that does not divide its mesh axes stays replicated). shape = (prompts P, prompt length T,
-  rows R, new tokens N).
+  rows R, new tokens N). `params` (the decoding parameters) only give their shapes, which `cfg` fixes.
   """
   key = (kind, cfg, mesh, rules, shape, tuple(sorted(static.items())))
   if key in _COMPILED:
@@ -235,8 +236,7 @@ def _compiled(kind: str, cfg: ModelConfig, mesh, rules, shape: tuple[int, int, i
     cache_sh = decoding.LayerCache(k=per_layer, v=per_layer, key_positions=named((r, t + n), ("batch", "cache_length")),
                                    index=named((), ()))
     rows, rows_vocab = named((r,), ("batch",)), named((r, cfg.vocab_size), ("batch", "vocab"))
-    shapes = jax.eval_shape(lambda: decoding.param_shapes(cfg))
-    params_sh = jax.tree.map(lambda s, axes: named(s.shape, axes), shapes, decoding.param_logical_axes(cfg))
+    params_sh = jax.tree.map(lambda a, axes: named(a.shape, axes), params, decoding.param_logical_axes(cfg))
     if kind == "prefill":
       prompts = named((p, t), ("batch", "length"))
       jitted = jax.jit(fn, in_shardings=(params_sh, prompts, prompts, named((r,), (None,))),
@@ -320,9 +320,9 @@ def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, 
     from spct_jax import sharding  # pylint: disable=g-import-not-at-top
     rules = sharding.DEFAULT_RULES
   shape = (*tokens.shape, len(decode_rows), max_new_tokens)
-  run_prefill = _compiled("prefill", cfg, mesh, rules, shape, cache_length=tokens.shape[1] + max_new_tokens)
+  run_prefill = _compiled("prefill", cfg, params, mesh, rules, shape, cache_length=tokens.shape[1] + max_new_tokens)
   cache, logits, next_position = run_prefill(params, tokens, mask, decode_rows)
-  run_decode = _compiled("decode", cfg, mesh, rules, shape, max_new_tokens=max_new_tokens,
+  run_decode = _compiled("decode", cfg, params, mesh, rules, shape, max_new_tokens=max_new_tokens,
                          strategy=strategy, eos_ids=tuple(int(e) for e in eos_ids), pad_id=pad_id)
   trigger_mask, stop_mask = (stop or StopAfter((), ())).masks(cfg.vocab_size)
   out, _ = run_decode(params, cache, logits, next_position, key, trigger_mask, stop_mask)

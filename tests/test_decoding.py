@@ -82,14 +82,11 @@ def test_bf16_decoding_stays_close_to_f32(model):
 
 
 def test_param_logical_axes_match_param_shapes(model):
-  cfg = model.cfg
-  shapes = jax.eval_shape(lambda: decoding.param_shapes(cfg))
-  axes = decoding.param_logical_axes(cfg)
+  shapes = decoding.decoding_params(model)
+  axes = decoding.param_logical_axes(model.cfg)
   pairs = jax.tree.leaves(jax.tree.map(lambda s, a: (s.shape, a), shapes, axes),
                           is_leaf=lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], tuple))
   assert pairs and all(len(shape) == len(a) for shape, a in pairs)
-  real = jax.eval_shape(lambda: decoding.decoding_params(model))
-  assert jax.tree.map(lambda s: s.shape, real) == jax.tree.map(lambda s: s.shape, shapes)
 
 
 def test_decoding_params_are_reused_until_the_parameters_change():

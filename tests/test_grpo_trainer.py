@@ -97,7 +97,7 @@ def test_shared_prompt_logps_equal_full_sequences_values_and_gradients(preset):
   def full_logps(m):  # the plain reference: every row's prompt + completion through the model
     tokens = jnp.concatenate([batch["prompt_tokens"][batch["row_source"]], batch["completion"]], 1)
     mask = jnp.concatenate([batch["prompt_mask"][batch["row_source"]], batch["completion_mask"] > 0], 1)
-    logits = m.logits(m.hidden_states(tokens[:, :-1], default_positions(mask)[:, :-1], mask[:, :-1])[0])
+    logits = m.logits(m.hidden_states(tokens[:, :-1], default_positions(mask)[:, :-1], mask[:, :-1]))
     n = batch["completion"].shape[1]
     return jnp.take_along_axis(jax.nn.log_softmax(logits[:, -n:]), batch["completion"][..., None], -1)[..., 0]
 

@@ -2,7 +2,7 @@
 
 from spct_jax.model.config import PRESETS, ModelConfig, get_config
 from spct_jax.model.params import abstract_model, flat_from_model, model_from_flat
-from spct_jax.model.transformer import Cache, Transformer, param_logical_axes
+from spct_jax.model.transformer import Transformer, param_logical_axes
 
-__all__ = ["PRESETS", "Cache", "ModelConfig", "Transformer", "abstract_model", "flat_from_model", "get_config",
+__all__ = ["PRESETS", "ModelConfig", "Transformer", "abstract_model", "flat_from_model", "get_config",
            "model_from_flat", "param_logical_axes"]

@@ -99,17 +99,6 @@ def param_logical_axes(cfg: ModelConfig) -> DecodingParams:
           "layers": tuple(dict(layer) for _ in range(cfg.num_layers))}
 
 
-def param_shapes(cfg: ModelConfig) -> DecodingParams:
-  """Zero decoding parameters of `cfg` (use under `jax.eval_shape` for shapes only)."""
-  dtype = cfg.compute_jnp_dtype
-  d = cfg.embed_dim
-  layer = {name: jnp.zeros(shape, jnp.float32 if name.endswith("norm") else dtype)
-           for name, (shape, _) in tfm._block_param_specs(cfg).items()}  # pylint: disable=protected-access
-  layer["o_proj"] = layer["o_proj"].reshape(-1, d)
-  return {"embedding_t": jnp.zeros((d, cfg.vocab_size), dtype), "final_norm": jnp.zeros((d,), jnp.float32),
-          "layers": tuple(dict(layer) for _ in range(cfg.num_layers))}
-
-
 # One cache row per (sequence, kv head): a batch dimension that the attention matmuls take as is. With [B, S, K, H]
 # or [B, K, S, H] and Gemma 3 270M's single kv head, XLA:CPU reshaped the updated buffer for the matmul, fused that
 # reshape with the update, and so kept the old buffer alive: the whole cache was copied every step.

@@ -1,8 +1,8 @@
 """Gemma 2 / Gemma 3 text decoder in Flax NNX.
 
 Layers are stacked (leading `layers` axis) and run under `jax.lax.scan`, so one block is compiled whatever the depth.
-The block itself is a pure function of its parameters (`_block`), which keeps the math readable and lets the KV cache
-live in the scan carry, where XLA updates it in place.
+The block is made of pure functions of its parameters (`_project_qkv`, `_attend`, `_finish_block`), which keeps the
+math readable and lets the sampler's decoder (`decoding.py`, with its KV cache) reuse them.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import math
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -18,26 +17,6 @@ from flax import nnx
 from spct_jax.model.config import ModelConfig
 
 _MASKED = -1e30  # finite, so a fully masked (padding) query row gives a uniform softmax, never NaN
-
-
-@flax.struct.dataclass
-class Cache:
-  """KV cache of every layer.
-
-  Attributes:
-    k, v: [L, B, S, K, H] keys (after RoPE) and values in compute dtype.
-    key_positions: int32[B, S] position of the token in each slot; -1 = empty or padding.
-    index: int32[] next slot to write. Uniform across rows: batches are left-padded to a common length.
-  """
-
-  k: jax.Array
-  v: jax.Array
-  key_positions: jax.Array
-  index: jax.Array
-
-  @property
-  def length(self) -> int:
-    return self.k.shape[2]
 
 
 # Stacked block parameters: name -> (shape builder, logical axes). Shapes exclude the leading layer axis.
@@ -143,36 +122,24 @@ class Transformer(nnx.Module):
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
                attention_mask: jax.Array | None = None) -> jax.Array:
     """tokens: int32[B, T] -> logits f32[B, T, V]."""
-    hidden, _ = self.hidden_states(tokens, positions, attention_mask)
-    return self.logits(hidden)
+    return self.logits(self.hidden_states(tokens, positions, attention_mask))
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """hidden f32[B, T, D] (after the final norm) -> f32[B, T, V] through the tied embedding."""
     logits = _dot("btd,vd->btv", hidden, self.embedding[...], self.cfg)
     return softcap(logits, self.cfg.final_logit_softcap)
 
-  def init_cache(self, batch_size: int, length: int, dtype=None) -> Cache:
-    cfg = self.cfg
-    if length > cfg.max_seq_len:
-      raise ValueError(f"cache length {length} exceeds max_seq_len={cfg.max_seq_len} of the model config")
-    shape = (cfg.num_layers, batch_size, length, cfg.num_kv_heads, cfg.head_dim)
-    dtype = dtype or cfg.compute_jnp_dtype
-    return Cache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-                 key_positions=jnp.full((batch_size, length), -1, jnp.int32), index=jnp.zeros((), jnp.int32))
-
   def hidden_states(self, tokens: jax.Array, positions: jax.Array | None = None,
-                    attention_mask: jax.Array | None = None,
-                    cache: Cache | None = None) -> tuple[jax.Array, Cache | None]:
+                    attention_mask: jax.Array | None = None) -> jax.Array:
     """Runs embedding + blocks + final norm.
 
     Args:
       tokens: int32[B, T].
       positions: int32[B, T]; default from the mask (left padding).
       attention_mask: [B, T], 1 for real tokens; default all ones.
-      cache: if given, the T new tokens are written at `cache.index` and attend to everything cached.
 
     Returns:
-      hidden f32[B, T, D] after the final norm, and the updated cache (None without one).
+      hidden f32[B, T, D] after the final norm.
     """
     cfg = self.cfg
     if attention_mask is None:
@@ -180,40 +147,27 @@ class Transformer(nnx.Module):
     attention_mask = attention_mask.astype(jnp.bool_)
     if positions is None:
       positions = default_positions(attention_mask)
-    new_key_positions = jnp.where(attention_mask, positions, -1).astype(jnp.int32)
+    key_positions = jnp.where(attention_mask, positions, -1).astype(jnp.int32)
 
     x = self.embedding[...][tokens].astype(jnp.float32) * math.sqrt(cfg.embed_dim)
-    if cache is None:
-      key_positions = new_key_positions
-      kv = None
-    else:
-      key_positions = jax.lax.dynamic_update_slice(cache.key_positions, new_key_positions, (0, cache.index))
-      kv = (cache.k, cache.v)
-
     masks = {"local": make_attention_mask(positions, key_positions, cfg.sliding_window),
              "global": make_attention_mask(positions, key_positions, None)}
     ropes = {"local": rope_tables(positions, cfg.head_dim, cfg.rope_local_base),
              "global": rope_tables(positions, cfg.head_dim, cfg.rope_global_base, cfg.rope_global_scale)}
     is_global = jnp.array([kind == "global" for kind in cfg.layer_kinds])
-    write_index = jnp.zeros((), jnp.int32) if cache is None else cache.index
+    dtype = cfg.compute_jnp_dtype
 
-    def layer(carry, xs):
-      x, kv = carry
-      params, layer_is_global, layer_index = xs
+    def layer(x, xs):
+      params, layer_is_global = xs
       pick = lambda local, glob: jax.tree.map(lambda a, b: jnp.where(layer_is_global, b, a), local, glob)
-      x, kv = _block(cfg, params, x, mask=pick(masks["local"], masks["global"]),
-                     rope=pick(ropes["local"], ropes["global"]), kv=kv, layer_index=layer_index,
-                     write_index=write_index)
-      return (x, kv), None
+      q, k, v = _project_qkv(cfg, params, x, pick(ropes["local"], ropes["global"]))
+      attended = _attend(cfg, q, k.astype(dtype), v.astype(dtype), pick(masks["local"], masks["global"]))
+      return _finish_block(cfg, params, x, attended), None
 
     if cfg.remat:
       layer = jax.checkpoint(layer)
-    (x, kv), _ = jax.lax.scan(layer, (x, kv), (self.blocks.as_dict(), is_global, jnp.arange(cfg.num_layers)))
-    hidden = rms_norm(x, self.final_norm[...], cfg.rms_eps)
-    if cache is None:
-      return hidden, None
-    return hidden, Cache(k=kv[0], v=kv[1], key_positions=key_positions, index=cache.index + tokens.shape[1])
-
+    x, _ = jax.lax.scan(layer, x, (self.blocks.as_dict(), is_global))
+    return rms_norm(x, self.final_norm[...], cfg.rms_eps)
 
   def shared_prefix_hidden_states(self, prefix_tokens: jax.Array, prefix_mask: jax.Array, row_source: jax.Array,
                                   suffix_tokens: jax.Array, suffix_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -322,21 +276,3 @@ def _residual_mlp(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array, attn_
   up = _dot("btd,df->btf", h, p["up_proj"], cfg)
   mlp_out = _dot("btf,fd->btd", jax.nn.gelu(gate, approximate=True) * up, p["down_proj"], cfg)
   return x + rms_norm(mlp_out, p["post_ffw_norm"], cfg.rms_eps)
-
-
-def _block(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array, *, mask: jax.Array,
-           rope: tuple[jax.Array, jax.Array], kv: tuple[jax.Array, jax.Array] | None, layer_index: jax.Array,
-           write_index: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-  """One decoder block. x: f32[B, T, D]; kv: full-model caches [L, B, S, K, H] updated in place at layer_index."""
-  q, k, v = _project_qkv(cfg, p, x, rope)
-  cache_dtype = cfg.compute_jnp_dtype
-  if kv is None:
-    keys, values = k.astype(cache_dtype), v.astype(cache_dtype)
-  else:
-    k_cache, v_cache = kv
-    start = (layer_index, 0, write_index, 0, 0)
-    k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype)[None], start)
-    v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype)[None], start)
-    keys, values = k_cache[layer_index], v_cache[layer_index]
-    kv = (k_cache, v_cache)
-  return _finish_block(cfg, p, x, _attend(cfg, q, keys, values, mask)), kv
