@@ -60,16 +60,31 @@ def test_take_rows_gathers_each_sequence_with_all_its_kv_heads(model):
 def test_decoding_params_cast_matmul_weights_once_and_keep_norms():
   model = Transformer(get_config("tiny-gemma3", compute_dtype="bfloat16"), rngs=nnx.Rngs(0))
   params = decoding.decoding_params(model)
-  np.testing.assert_array_equal(params["embedding_t"], model.embedding[...].astype(jnp.bfloat16).T)
+  assert params["embedding"] is model.embedding[...]  # lookups read the model's own table: no copy
+  np.testing.assert_array_equal(params["head"], model.embedding[...].astype(jnp.bfloat16))
   assert len(params["layers"]) == model.cfg.num_layers
-  layer = params["layers"][1]
-  assert layer["q_proj"].dtype == jnp.bfloat16 and layer["attn_norm"].dtype == jnp.float32
-  np.testing.assert_array_equal(layer["q_proj"], model.blocks.q_proj[...][1].astype(jnp.bfloat16))
-  cfg = model.cfg
+  layer, cfg = params["layers"][1], model.cfg
+  assert layer["qkv_proj"].dtype == jnp.bfloat16 and layer["attn_norm"].dtype == jnp.float32
+  # q, k and v grouped by kv head: [D, K, G + 2, H], kv head j's query heads, then its key, then its value.
+  group = cfg.num_heads // cfg.num_kv_heads
+  qkv = np.asarray(layer["qkv_proj"]).reshape(cfg.embed_dim, cfg.num_kv_heads, group + 2, cfg.head_dim)
+  cast = lambda name: np.asarray(getattr(model.blocks, name)[...][1].astype(jnp.bfloat16))
+  np.testing.assert_array_equal(qkv[:, :, :group].reshape(cfg.embed_dim, cfg.num_heads, -1), cast("q_proj"))
+  np.testing.assert_array_equal(qkv[:, :, group], cast("k_proj"))
+  np.testing.assert_array_equal(qkv[:, :, group + 1], cast("v_proj"))
+  gate_up = np.asarray(layer["gate_up_proj"]).reshape(cfg.embed_dim, cfg.mlp_dim, 2)
+  np.testing.assert_array_equal(gate_up[..., 0], cast("gate_proj"))
+  np.testing.assert_array_equal(gate_up[..., 1], cast("up_proj"))
   assert layer["o_proj"].shape == (cfg.num_heads * cfg.head_dim, cfg.embed_dim)
   # float32_attention (default on) keeps the cache in f32; without it, the compute dtype.
   assert decoding.init_cache(cfg, 1, 4).k[0].dtype == jnp.float32
   assert decoding.init_cache(cfg.replace(float32_attention=False), 1, 4).k[0].dtype == jnp.bfloat16
+
+
+def test_f32_decoding_shares_the_embedding_with_the_head():
+  model = Transformer(get_config("tiny-gemma3"), rngs=nnx.Rngs(0))
+  params = decoding.decoding_params(model)
+  assert params["head"] is params["embedding"] is model.embedding[...]
 
 
 def test_bf16_decoding_stays_close_to_f32(model):
@@ -96,4 +111,7 @@ def test_decoding_params_are_reused_until_the_parameters_change():
   model.blocks.q_proj[...] = model.blocks.q_proj[...] * 2  # a new array: the cached split is stale
   second = decoding.decoding_params(model)
   assert second is not first
-  np.testing.assert_allclose(second["layers"][0]["q_proj"], 2 * first["layers"][0]["q_proj"])
+  group = model.cfg.num_heads // model.cfg.num_kv_heads
+  q_columns = lambda p: np.asarray(p["layers"][0]["qkv_proj"]).reshape(model.cfg.embed_dim, -1, group + 2,
+                                                                      model.cfg.head_dim)[:, :, :group]
+  np.testing.assert_allclose(q_columns(second), 2 * q_columns(first))

@@ -5,11 +5,17 @@ each step reads every weight once for a few rows, so what dominates is bytes mov
 Gemma 3 270M (benchmarks/README.md):
 - a bf16 matmul whose weight is a slice of a stacked bf16 array inside a scan ran ~8x slower than the same matmul
   on a separate weight buffer, and casting f32 weights to bf16 inside the step re-reads the f32 copy every token;
-- the cache of all layers in one `[L, B, S, K, H]` array, updated inside the scan, was rewritten whole per layer.
-So `decoding_params` casts the matmul weights once and splits them into one buffer per layer (outside the jitted
-step), `forward` runs the layers as straight-line code with each layer's kind known statically, and `LayerCache`
-keeps one K and one V buffer per layer, each updated in place. The math is `Transformer.hidden_states`' own: the
-same `_project_qkv` / `_attend` / `_finish_block`.
+- the cache of all layers in one `[L, B, S, K, H]` array, updated inside the scan, was rewritten whole per layer;
+- YNNPACK's bf16 matmuls for a few rows cost ~30 us per call on top of streaming the weight, so fewer, larger
+  matmuls win, and 2-D ones: a [B, T, D] operand ran ~1.5x slower in the loop and got the head's table transposed;
+- XLA:CPU gathers bf16 through f32, and the convert of the whole table was hoisted out of the decode loop (125 ms
+  per call for the 335 MB table).
+So `decoding_params` casts the matmul weights once and splits them into one 2-D buffer per layer and projection
+(outside the jitted step), with q, k and v in one matmul and gate and up in another; tokens are looked up in the
+model's own embedding table and the LM head reads a compute-dtype copy. `forward` runs the layers as straight-line
+code with each layer's kind known statically, and `LayerCache` keeps one K and one V buffer per layer, each
+updated in place. The math is `Transformer.hidden_states`' own (tests/test_decoding.py holds them equal): the same
+norms, `_rotate_qk` and `_attend`.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ from flax import nnx
 from spct_jax.model import transformer as tfm
 from spct_jax.model.config import ModelConfig
 
-# params: {"embedding_t": [D, V], "final_norm": [D], "layers": ({name: array without the layer axis}, ...)}.
-# The tied embedding is stored transposed: the LM-head matmul wants [D, V] (XLA:CPU otherwise transposed all 335 MB
-# of Gemma 3 270M's bf16 table on every call), and the lookup of a few tokens reads columns just as well.
+# params: {"embedding": [V, D] the model's table as stored (lookups), "head": [V, D] the same table in the compute
+# dtype (the same array when the dtypes agree), "final_norm": [D], "layers": ({name: array, ...}, ...)}.
+# Layer matmul weights are 2-D [in, out]: qkv_proj [D, K*(G+2)*H] (per kv head: its G query heads, its key, its
+# value), o_proj [N*H, D], gate_up_proj [D, F*2] (gate and up interleaved), down_proj [F, D]; G = N / K. Norm scales
+# as in `Transformer`.
 DecodingParams = dict
 
 
@@ -57,22 +65,38 @@ def _cast(name: str, x: jax.Array, dtype) -> jax.Array:
   return x if name.endswith("norm") else x.astype(dtype)  # norm scales stay f32: they are applied in f32
 
 
+def _decoding_layout(cfg: ModelConfig, blocks: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Stacked `Transformer` block weights -> 2-D [in, out] decoding weights (leading layer axis kept)."""
+  blocks = dict(blocks)
+  layers, d = cfg.num_layers, cfg.embed_dim
+  q, k, v, gate, up = (blocks.pop(name) for name in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"))
+  # One matmul for q, k and v, grouped by kv head: kv head j's G query heads, then its k, then its v.
+  groups = q.reshape(layers, d, cfg.num_kv_heads, -1, cfg.head_dim)
+  qkv = jnp.concatenate([groups, k[:, :, :, None], v[:, :, :, None]], axis=3)
+  blocks["qkv_proj"] = qkv.reshape(layers, d, -1)  # [L, D, K*(G+2)*H]
+  blocks["o_proj"] = blocks["o_proj"].reshape(layers, -1, d)  # [L, N*H, D]
+  blocks["gate_up_proj"] = jnp.stack([gate, up], axis=3).reshape(layers, d, -1)  # [L, D, F*2]: gate, up interleaved
+  return blocks
+
+
 @functools.partial(jax.jit, static_argnums=(0,))
 def _split(graphdef, state) -> DecodingParams:
   model: tfm.Transformer = nnx.merge(graphdef, state)
   cfg, dtype = model.cfg, model.cfg.compute_jnp_dtype
-  blocks = model.blocks.as_dict()
-  blocks["o_proj"] = blocks["o_proj"].reshape(cfg.num_layers, -1, cfg.embed_dim)  # [N*H, D]: see forward
+  blocks = _decoding_layout(cfg, model.blocks.as_dict())
   layers = tuple({name: _cast(name, value[i], dtype) for name, value in blocks.items()}
                  for i in range(cfg.num_layers))
-  return {"embedding_t": model.embedding[...].astype(dtype).T, "final_norm": model.final_norm[...], "layers": layers}
+  params = {"final_norm": model.final_norm[...], "layers": layers}
+  if model.embedding[...].dtype != dtype:
+    params["head"] = model.embedding[...].astype(dtype)
+  return params
 
 
 _LAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (its parameter arrays, their split)
 
 
 def decoding_params(model: tfm.Transformer) -> DecodingParams:
-  """Per-layer weight buffers in the compute dtype (norm scales as stored), the embedding transposed.
+  """Per-layer weight buffers in the compute dtype (norm scales as stored), see `DecodingParams`.
 
   A jitted split: each output is its own buffer, sharded like the parameter it came from. It costs one read of the
   parameters (~165 ms for Gemma 3 270M on 2 CPU cores) and param_bytes * compute_bytes / param_bytes of memory.
@@ -86,6 +110,7 @@ def decoding_params(model: tfm.Transformer) -> DecodingParams:
   if last is not None and len(last[0]) == len(arrays) and all(a is b for a, b in zip(last[0], arrays)):
     return last[1]
   params = _split(graphdef, state)
+  params = dict(params, embedding=model.embedding[...], head=params.get("head", model.embedding[...]))
   _LAST[model] = (arrays, params)
   return params
 
@@ -94,8 +119,11 @@ def param_logical_axes(cfg: ModelConfig) -> DecodingParams:
   """Logical axes of every decoding parameter (those of `Transformer` without the `layers` axis)."""
   axes = tfm.param_logical_axes(cfg)
   layer = {key.split("/", 1)[1]: value[1:] for key, value in axes.items() if key.startswith("blocks/")}
-  layer["o_proj"] = ("heads", "embed")  # [N*H, D], heads-major: shards like the heads axis
-  return {"embedding_t": axes["embedding"][::-1], "final_norm": axes["final_norm"],
+  for name in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"):
+    del layer[name]
+  # Flattened dims are major-first (kv heads, heads, mlp), so they shard like that axis.
+  layer.update(qkv_proj=("embed", "kv_heads"), o_proj=("heads", "embed"), gate_up_proj=("embed", "mlp"))
+  return {"embedding": axes["embedding"], "head": axes["embedding"], "final_norm": axes["final_norm"],
           "layers": tuple(dict(layer) for _ in range(cfg.num_layers))}
 
 
@@ -150,16 +178,16 @@ def forward(cfg: ModelConfig, params: DecodingParams, tokens: jax.Array, positio
   ropes = {"local": tfm.rope_tables(positions, cfg.head_dim, cfg.rope_local_base),
            "global": tfm.rope_tables(positions, cfg.head_dim, cfg.rope_global_base, cfg.rope_global_scale)}
 
-  x = _lookup(params["embedding_t"], tokens).astype(jnp.float32) * math.sqrt(cfg.embed_dim)
+  x = _lookup(params["embedding"], tokens).astype(jnp.float32) * math.sqrt(cfg.embed_dim)
   new_k, new_v = [], []
   for p, kind, k_cache, v_cache in zip(params["layers"], cfg.layer_kinds, cache.k, cache.v):
-    q, k, v = tfm._project_qkv(cfg, p, x, ropes[kind])  # pylint: disable=protected-access
+    q, k, v = _project_qkv(cfg, p, x, ropes[kind])
     write = lambda buf, new: jax.lax.dynamic_update_slice(buf, _kv_rows(new).astype(buf.dtype), (0, cache.index, 0))
     k_cache, v_cache = write(k_cache, k), write(v_cache, v)
     attended = _attend(cfg, q, k_cache, v_cache, masks[kind])
-    # o_proj flattened to [N*H, D]: with [N, H, D] XLA:CPU transposed the weight every step.
-    attn_out = tfm._dot("btf,fd->btd", attended.reshape(*attended.shape[:2], -1), p["o_proj"], cfg)  # pylint: disable=protected-access
-    x = tfm._residual_mlp(cfg, p, x, attn_out)  # pylint: disable=protected-access
+    # o_proj flattened to [N*H, D]: with a separate heads axis XLA:CPU transposed the weight every step.
+    attn_out = _linear(cfg, attended.reshape(*attended.shape[:2], -1), p["o_proj"])
+    x = _residual_mlp(cfg, p, x, attn_out)
     new_k.append(k_cache)
     new_v.append(v_cache)
   hidden = tfm.rms_norm(x, params["final_norm"], cfg.rms_eps)
@@ -167,15 +195,47 @@ def forward(cfg: ModelConfig, params: DecodingParams, tokens: jax.Array, positio
                             index=cache.index + tokens.shape[1])
 
 
-def _lookup(table_t: jax.Array, tokens: jax.Array) -> jax.Array:
-  """Columns `tokens` of a [D, V] table -> [..., D] in the table's dtype.
+def _linear(cfg: ModelConfig, x: jax.Array, w: jax.Array) -> jax.Array:
+  """x [B, T, in] @ w [in, out] -> f32[B, T, out] as one 2-D matmul.
 
-  Gathered through an integer view: on a plain gather XLA moved the later f32 convert in front of it, converting
-  the whole table (1 GB for 270M) on every sampling call.
+  With a batched [B, T, in] operand the same matmul ran ~1.5x slower inside the decode loop, and XLA:CPU copied
+  weights into another layout on every call (the LM head's 335 MB table among them).
   """
-  as_int = {2: jnp.uint16, 4: jnp.uint32}[table_t.dtype.itemsize]
-  cols = jnp.take(jax.lax.bitcast_convert_type(table_t, as_int), tokens, axis=1)
-  return jnp.moveaxis(jax.lax.bitcast_convert_type(cols, table_t.dtype), 0, -1)
+  b, t, _ = x.shape
+  return tfm._dot("xi,io->xo", x.reshape(b * t, -1), w, cfg).reshape(b, t, -1)  # pylint: disable=protected-access
+
+
+def _project_qkv(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array,
+                 rope: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`transformer._project_qkv` with the decoding layout: q f32[B, T, N, H], k and v [B, T, K, H]."""
+  b, t, _ = x.shape
+  h = tfm.rms_norm(x, p["attn_norm"], cfg.rms_eps)
+  k_heads, group = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
+  qkv = _linear(cfg, h, p["qkv_proj"]).reshape(b, t, k_heads, group + 2, cfg.head_dim)
+  q = qkv[..., :group, :].reshape(b, t, cfg.num_heads, cfg.head_dim)
+  return tfm._rotate_qk(cfg, p, q, qkv[..., group, :], qkv[..., group + 1, :], rope)  # pylint: disable=protected-access
+
+
+def _residual_mlp(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array, attn_out: jax.Array) -> jax.Array:
+  """`transformer._residual_mlp` with the decoding layout (one matmul for gate and up)."""
+  x = x + tfm.rms_norm(attn_out, p["post_attn_norm"], cfg.rms_eps)
+  h = tfm.rms_norm(x, p["ffw_norm"], cfg.rms_eps)
+  gate_up = _linear(cfg, h, p["gate_up_proj"]).reshape(*x.shape[:2], cfg.mlp_dim, 2)
+  hidden = jax.nn.gelu(gate_up[..., 0], approximate=True) * gate_up[..., 1]
+  return x + tfm.rms_norm(_linear(cfg, hidden, p["down_proj"]), p["post_ffw_norm"], cfg.rms_eps)
+
+
+def _lookup(table: jax.Array, tokens: jax.Array) -> jax.Array:
+  """Rows `tokens` of a [V, D] table -> [..., D] in the table's dtype.
+
+  XLA:CPU gathers bf16 by converting the operand to f32; inside the decode loop that convert of the whole table
+  was hoisted and ran once per call (125 ms for 270M). An f32 table (the usual master weights) is gathered as is; a
+  2-byte one through an integer view, which costs one copy of the table per call (~60 ms for 270M) on the CPU.
+  """
+  if table.dtype.itemsize != 2:
+    return jnp.take(table, tokens, axis=0)
+  rows = jnp.take(jax.lax.bitcast_convert_type(table, jnp.uint16), tokens, axis=0)
+  return jax.lax.bitcast_convert_type(rows, table.dtype)
 
 
 def _attend(cfg: ModelConfig, q: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -194,4 +254,6 @@ def _attend(cfg: ModelConfig, q: jax.Array, keys: jax.Array, values: jax.Array, 
 
 def logits(cfg: ModelConfig, params: DecodingParams, hidden: jax.Array) -> jax.Array:
   """hidden f32[B, T, D] -> f32[B, T, V] through the tied embedding (as `Transformer.logits`)."""
-  return tfm.softcap(tfm._dot("btd,dv->btv", hidden, params["embedding_t"], cfg), cfg.final_logit_softcap)  # pylint: disable=protected-access
+  b, t, d = hidden.shape
+  out = tfm._dot("xd,vd->xv", hidden.reshape(b * t, d), params["head"], cfg)  # pylint: disable=protected-access
+  return tfm.softcap(out.reshape(b, t, -1), cfg.final_logit_softcap)

@@ -245,6 +245,12 @@ def _project_qkv(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array,
   q = _dot("btd,dnh->btnh", h, p["q_proj"], cfg)
   k = _dot("btd,dkh->btkh", h, p["k_proj"], cfg)
   v = _dot("btd,dkh->btkh", h, p["v_proj"], cfg)
+  return _rotate_qk(cfg, p, q, k, v, rope)
+
+
+def _rotate_qk(cfg: ModelConfig, p: dict[str, jax.Array], q: jax.Array, k: jax.Array, v: jax.Array,
+               rope: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """After the projections: qk-norm (Gemma 3), RoPE, and the query scale."""
   if cfg.use_qk_norm:
     q = rms_norm(q, p["q_norm"], cfg.rms_eps)
     k = rms_norm(k, p["k_norm"], cfg.rms_eps)
