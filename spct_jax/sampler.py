@@ -29,7 +29,8 @@ class Greedy:
   def filter_logits(self, logits: jax.Array) -> jax.Array:
     return logits
 
-  def sample(self, key: jax.Array, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def sample(self, key: jax.Array, logits: jax.Array, log_z: jax.Array) -> tuple[jax.Array, jax.Array]:
+    del key, log_z
     return first_argmax(logits), jnp.zeros(logits.shape[:-1], jnp.float32)
 
 
@@ -65,7 +66,7 @@ class Sampling:
       raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
   def filter_logits(self, logits: jax.Array) -> jax.Array:
-    if self.temperature != 1.0:  # at 1.0 the filtered logits stay the raw ones, so XLA shares one log-softmax
+    if self.temperature != 1.0:  # at 1.0 the logits stay the same array: `sample` reuses their log-normalizer
       logits = logits / self.temperature
     if self.top_k is not None and self.top_k < logits.shape[-1]:
       kth = jax.lax.top_k(logits, self.top_k)[0][..., -1:]
@@ -79,8 +80,10 @@ class Sampling:
       logits = jnp.where(logits < cutoff, -jnp.inf, logits)
     return logits
 
-  def sample(self, key: jax.Array, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
-    log_probs = jax.nn.log_softmax(self.filter_logits(logits), axis=-1)
+  def sample(self, key: jax.Array, logits: jax.Array, log_z: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Draws from f32[R, V] `logits` (raw); `log_z` f32[R] is their log-normalizer, reused when nothing filters."""
+    filtered = self.filter_logits(logits)
+    log_probs = logits - log_z[:, None] if filtered is logits else jax.nn.log_softmax(filtered, axis=-1)
     tokens = sample_categorical(key, log_probs)
     return tokens, jnp.take_along_axis(log_probs, tokens[:, None], axis=-1)[:, 0]
 
@@ -106,6 +109,17 @@ def sample_categorical(key: jax.Array, log_probs: jax.Array, block: int = 512) -
   # The block's own cumsum may round a hair below its mass: keep u inside it so a positive-mass token is hit.
   u_within = jnp.minimum(u - before, within_cdf[:, -1] * (1 - 1e-6))
   return (b * block + jnp.argmax(within_cdf > u_within[:, None], axis=-1)).astype(jnp.int32)
+
+
+def _log_normalizer(logits: jax.Array) -> jax.Array:
+  """logsumexp over the last axis of finite logits (raw model logits always are): f32[...].
+
+  `jax.nn.logsumexp` guards infinities with extra passes; this plain max / exp-sum shares the max with
+  `first_argmax` and took ~2.5x less time per decode step for Gemma's 262k vocabulary on a CPU. Computed once
+  per step: the raw-model log-prob and unfiltered sampling both use it.
+  """
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  return top[..., 0] + jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,8 +209,9 @@ def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.La
   def draw(s, logits, state):
     """Token s of every row from its logits; finished rows emit padding."""
     out, done, lengths, armed = state
-    token, logp = strategy.sample(jax.random.fold_in(key, s), logits)
-    model_logp = jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(logits, axis=-1)
+    log_z = _log_normalizer(logits)
+    token, logp = strategy.sample(jax.random.fold_in(key, s), logits, log_z)
+    model_logp = jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0] - log_z
     token = jnp.where(done, pad_id, token)
     put = lambda buf, val: jax.lax.dynamic_update_slice(buf, val[:, None].astype(buf.dtype), (0, s))
     out = dict(tokens=put(out["tokens"], token), logps=put(out["logps"], jnp.where(done, 0.0, logp)),
