@@ -68,6 +68,37 @@ def test_eos_stops_a_row_and_pads_the_rest(model):
     assert int(out.lengths[1]) == 8 and not bool(out.done[1])
 
 
+def test_one_new_token_comes_from_the_prefill_alone(model):
+  # The first token is drawn from the prefill's logits; the decode loop runs N - 1 forward steps.
+  out, *_ = sampler.sample_from_tokens(model, PROMPTS, max_new_tokens=1, eos_ids=(1,))
+  assert [int(t) for t in out.tokens[:, 0]] == [_reference_greedy(model, p, 1)[0] for p in PROMPTS]
+  assert out.tokens.shape == (3, 1) and list(np.asarray(out.lengths)) == [1, 1, 1]
+
+
+def test_unfiltered_sampling_log_probs_are_the_raw_model_log_probs(model):
+  out, *_ = sampler.sample_from_tokens(model, PROMPTS, max_new_tokens=5, strategy=sampler.Sampling(1.0), seed=3)
+  np.testing.assert_allclose(out.logps, out.model_logps, atol=1e-6)
+  assert (np.asarray(out.model_logps) < 0).all()
+  warm, *_ = sampler.sample_from_tokens(model, PROMPTS, max_new_tokens=5, strategy=sampler.Sampling(0.5), seed=3)
+  assert not np.allclose(warm.logps, warm.model_logps)  # temperature changes the sampling distribution
+
+
+def test_first_argmax_takes_the_first_of_tied_maxima():
+  logits = jnp.array([[0.0, 3.0, 1.0, 3.0], [-5.0, -7.0, -5.0, -9.0], [2.0, 2.0, 2.0, 2.0]])
+  np.testing.assert_array_equal(sampler.first_argmax(logits), [1, 0, 0])
+  random = jax.random.normal(jax.random.key(0), (6, 1000))
+  np.testing.assert_array_equal(sampler.first_argmax(random), jnp.argmax(random, axis=-1))
+
+
+def test_left_pad_buckets_short_prompts_to_powers_of_two():
+  lengths = lambda n, multiple=64: sampler.left_pad([[5] * n], 0, multiple=multiple)[0].shape[1]
+  assert [lengths(n) for n in (1, 8, 9, 20, 33, 64, 65, 130)] == [8, 8, 16, 32, 64, 64, 128, 192]
+  tokens, mask = sampler.left_pad([[7, 8, 9], [4]], 0, multiple=64)
+  np.testing.assert_array_equal(tokens, [[0] * 5 + [7, 8, 9], [0] * 7 + [4]])
+  assert mask.sum() == 4 and mask[:, -1].all()
+  assert lengths(20, multiple=1) == 20 and lengths(50, multiple=16) == 64
+
+
 def test_top_k_one_and_tiny_top_p_equal_greedy(model):
   greedy = sampler.sample_from_tokens(model, PROMPTS, max_new_tokens=6)[0].tokens
   for strategy in (sampler.Sampling(0.7, top_k=1), sampler.Sampling(1.0, top_p=1e-6)):
