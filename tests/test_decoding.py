@@ -115,3 +115,16 @@ def test_decoding_params_are_reused_until_the_parameters_change():
   q_columns = lambda p: np.asarray(p["layers"][0]["qkv_proj"]).reshape(model.cfg.embed_dim, -1, group + 2,
                                                                       model.cfg.head_dim)[:, :, :group]
   np.testing.assert_allclose(q_columns(second), 2 * q_columns(first))
+
+
+def test_bf16_parameters_decode_like_the_full_forward():
+  # bf16 master weights: lookups take the 2-byte path (an integer view of the table), the head is the table itself.
+  model = Transformer(get_config("tiny-gemma3", param_dtype="bfloat16", compute_dtype="bfloat16"), rngs=nnx.Rngs(0))
+  params = decoding.decoding_params(model)
+  assert params["embedding"].dtype == jnp.bfloat16 and params["head"] is params["embedding"]
+  tokens = _tokens((2, 10), seed=4)
+  np.testing.assert_array_equal(decoding._lookup(params["embedding"], tokens),  # pylint: disable=protected-access
+                                model.embedding[...][tokens])
+  mask = jnp.ones((2, 10), jnp.int32)
+  logits, _ = _decode_logits(model, tokens, mask, split_at=6)
+  np.testing.assert_allclose(logits, model(tokens), atol=0.05 * float(jnp.max(jnp.abs(logits))))
