@@ -26,9 +26,6 @@ from spct_jax.model.transformer import Transformer
 class Greedy:
   """Argmax decoding. Its sampling-distribution log-prob is 0 (a point mass)."""
 
-  def filter_logits(self, logits: jax.Array) -> jax.Array:
-    return logits
-
   def sample(self, key: jax.Array, logits: jax.Array, log_z: jax.Array) -> tuple[jax.Array, jax.Array]:
     del key, log_z
     return first_argmax(logits), jnp.zeros(logits.shape[:-1], jnp.float32)
@@ -38,7 +35,7 @@ def first_argmax(logits: jax.Array) -> jax.Array:
   """`jnp.argmax` over the last axis (the first maximum) as two plain reductions: int32[...].
 
   XLA:CPU runs argmax as one (value, index) reduction, ~1 ms for two rows of Gemma's 262k logits; a max and then
-  the smallest index holding it take a fraction of that and share the max with the log-softmax.
+  the smallest index holding it take a fraction of that, and the max is shared with `_log_normalizer`.
   """
   best = jnp.max(logits, axis=-1, keepdims=True)
   index = jnp.arange(logits.shape[-1], dtype=jnp.int32)

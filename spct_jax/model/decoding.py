@@ -99,7 +99,8 @@ def decoding_params(model: tfm.Transformer) -> DecodingParams:
   """Per-layer weight buffers in the compute dtype (norm scales as stored), see `DecodingParams`.
 
   A jitted split: each output is its own buffer, sharded like the parameter it came from. It costs one read of the
-  parameters (~165 ms for Gemma 3 270M on 2 CPU cores) and param_bytes * compute_bytes / param_bytes of memory.
+  parameters (~165 ms for Gemma 3 270M on 2 CPU cores) and the memory of a compute-dtype copy of them (lookups
+  read the model's own embedding).
   The last split of each live model object is kept while that object lives and its parameter arrays are the same
   objects, so repeated sampling calls (voting, evaluation) pay it once; a model whose parameters were replaced
   (a train step) is split again, and a merged-per-call model (`TrainState.model()`) keeps nothing.
@@ -109,8 +110,8 @@ def decoding_params(model: tfm.Transformer) -> DecodingParams:
   last = _LAST.get(model)
   if last is not None and len(last[0]) == len(arrays) and all(a is b for a, b in zip(last[0], arrays)):
     return last[1]
-  params = _split(graphdef, state)
-  params = dict(params, embedding=model.embedding[...], head=params.get("head", model.embedding[...]))
+  params, embedding = _split(graphdef, state), model.embedding[...]
+  params = dict(params, embedding=embedding, head=params.get("head", embedding))
   _LAST[model] = (arrays, params)
   return params
 
@@ -179,10 +180,10 @@ def forward(cfg: ModelConfig, params: DecodingParams, tokens: jax.Array, positio
            "global": tfm.rope_tables(positions, cfg.head_dim, cfg.rope_global_base, cfg.rope_global_scale)}
 
   x = _lookup(params["embedding"], tokens).astype(jnp.float32) * math.sqrt(cfg.embed_dim)
+  write = lambda buf, new: jax.lax.dynamic_update_slice(buf, _kv_rows(new).astype(buf.dtype), (0, cache.index, 0))
   new_k, new_v = [], []
   for p, kind, k_cache, v_cache in zip(params["layers"], cfg.layer_kinds, cache.k, cache.v):
     q, k, v = _project_qkv(cfg, p, x, ropes[kind])
-    write = lambda buf, new: jax.lax.dynamic_update_slice(buf, _kv_rows(new).astype(buf.dtype), (0, cache.index, 0))
     k_cache, v_cache = write(k_cache, k), write(v_cache, v)
     attended = _attend(cfg, q, k_cache, v_cache, masks[kind])
     # o_proj flattened to [N*H, D]: with a separate heads axis XLA:CPU transposed the weight every step.
@@ -217,7 +218,7 @@ def _project_qkv(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array,
 
 
 def _residual_mlp(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array, attn_out: jax.Array) -> jax.Array:
-  """`transformer._residual_mlp` with the decoding layout (one matmul for gate and up)."""
+  """`transformer._finish_block` after its output projection, with one matmul for gate and up."""
   x = x + tfm.rms_norm(attn_out, p["post_attn_norm"], cfg.rms_eps)
   h = tfm.rms_norm(x, p["ffw_norm"], cfg.rms_eps)
   gate_up = _linear(cfg, h, p["gate_up_proj"]).reshape(*x.shape[:2], cfg.mlp_dim, 2)

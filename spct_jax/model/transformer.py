@@ -2,7 +2,8 @@
 
 Layers are stacked (leading `layers` axis) and run under `jax.lax.scan`, so one block is compiled whatever the depth.
 The block is made of pure functions of its parameters (`_project_qkv`, `_attend`, `_finish_block`), which keeps the
-math readable and lets the sampler's decoder (`decoding.py`, with its KV cache) reuse them.
+math readable; the sampler's decoder (`decoding.py`, with its KV cache and fused projections) reuses the norms,
+`_rotate_qk` and `_dot`.
 """
 
 from __future__ import annotations
@@ -271,11 +272,7 @@ def _attend(cfg: ModelConfig, q: jax.Array, keys: jax.Array, values: jax.Array, 
 
 def _finish_block(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array, attended: jax.Array) -> jax.Array:
   """Output projection, post-attention norm, residual, then the GeGLU MLP with its norms and residual."""
-  return _residual_mlp(cfg, p, x, _dot("btnh,nhd->btd", attended, p["o_proj"], cfg))
-
-
-def _residual_mlp(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array, attn_out: jax.Array) -> jax.Array:
-  """The block after the output projection: post-attention norm + residual, then the MLP and its residual."""
+  attn_out = _dot("btnh,nhd->btd", attended, p["o_proj"], cfg)
   x = x + rms_norm(attn_out, p["post_attn_norm"], cfg.rms_eps)
   h = rms_norm(x, p["ffw_norm"], cfg.rms_eps)
   gate = _dot("btd,df->btf", h, p["gate_proj"], cfg)
