@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from spct_jax.kernels import cpu_matvec
 from spct_jax.model import decoding
 from spct_jax.model.config import ModelConfig
 from spct_jax.model.transformer import Transformer
@@ -166,7 +167,8 @@ class SampleOutput:
 
 
 def prefill(cfg: ModelConfig, params: decoding.DecodingParams, prompt_tokens: jax.Array, prompt_mask: jax.Array,
-            row_source: jax.Array, *, cache_length: int) -> tuple[decoding.LayerCache, jax.Array, jax.Array]:
+            row_source: jax.Array, *, cache_length: int,
+            matmul: decoding.Matmul = decoding.Matmul()) -> tuple[decoding.LayerCache, jax.Array, jax.Array]:
   """Runs each distinct prompt once and gathers its cache rows for every sample that continues it.
 
   Args:
@@ -174,14 +176,16 @@ def prefill(cfg: ModelConfig, params: decoding.DecodingParams, prompt_tokens: ja
     prompt_tokens, prompt_mask: [P, T] left-padded distinct prompts.
     row_source: int32[R] prompt row each output row continues (e.g. repeat(arange(P), k): groups contiguous).
     cache_length: T + max_new_tokens.
+    matmul: how the decoder multiplies (`decoding.Matmul`; its `live_rows` applies to decode steps only).
 
   Returns:
     cache with R rows, next-token logits f32[R, V], and each row's next position int32[R].
   """
   positions = jnp.maximum(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=-1) - 1, 0)
   cache = decoding.init_cache(cfg, prompt_tokens.shape[0], cache_length)
-  hidden, cache = decoding.forward(cfg, params, prompt_tokens, positions, cache, prompt_mask)
-  logits = decoding.logits(cfg, params, hidden[:, -1:])[:, 0]
+  matmul = dataclasses.replace(matmul, live_rows=None)  # every prompt row is real
+  hidden, cache = decoding.forward(cfg, params, prompt_tokens, positions, cache, prompt_mask, matmul=matmul)
+  logits = decoding.logits(cfg, params, hidden[:, -1:], matmul=matmul)[:, 0]
   return (decoding.take_rows(cfg, cache, row_source), jnp.take(logits, row_source, axis=0),
           jnp.take(positions[:, -1] + 1, row_source, axis=0))
 
@@ -189,7 +193,7 @@ def prefill(cfg: ModelConfig, params: decoding.DecodingParams, prompt_tokens: ja
 def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.LayerCache, logits: jax.Array,
            next_position: jax.Array, key: jax.Array, trigger_mask: jax.Array, stop_mask: jax.Array, *,
            max_new_tokens: int, strategy, eos_ids: tuple[int, ...], pad_id: int,
-           ) -> tuple[SampleOutput, decoding.LayerCache]:
+           matmul: decoding.Matmul = decoding.Matmul()) -> tuple[SampleOutput, decoding.LayerCache]:
   """Samples up to `max_new_tokens` per row with a `lax.while_loop`; the donated cache is updated in place.
 
   `logits` are the prefill's (the first token's distribution). Each loop step runs the model on the token drawn
@@ -198,9 +202,10 @@ def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.La
   trigger_mask / stop_mask: bool[V] of a `StopAfter` condition (all False: EOS and max_new_tokens only).
 
   Token s is drawn with fold_in(key, s): results depend only on the seed and the shapes. The loop exits early once
-  every row has produced an EOS.
+  every row has produced an EOS; with `matmul.live_rows`, once the live rows have (filler rows never finish).
   """
   rows = logits.shape[0]
+  live = rows if matmul.live_rows is None else matmul.live_rows
   eos = jnp.asarray(eos_ids, jnp.int32)
 
   def draw(s, logits, state):
@@ -220,13 +225,14 @@ def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.La
   def step(carry):
     s, cache, token, state = carry
     # Finished rows keep decoding padding (their outputs are masked in `draw`): one shape for the whole batch.
-    hidden, cache = decoding.forward(cfg, params, token[:, None], (next_position + s - 1)[:, None], cache)
-    token, state = draw(s, decoding.logits(cfg, params, hidden)[:, 0], state)
+    hidden, cache = decoding.forward(cfg, params, token[:, None], (next_position + s - 1)[:, None], cache,
+                                     matmul=matmul)
+    token, state = draw(s, decoding.logits(cfg, params, hidden, matmul=matmul)[:, 0], state)
     return s + 1, cache, token, state
 
   def keep_going(carry):
     s, _, _, (_, done, _, _) = carry
-    return (s < max_new_tokens) & ~jnp.all(done)
+    return (s < max_new_tokens) & ~jnp.all(done[:live])
 
   out = dict(tokens=jnp.full((rows, max_new_tokens), pad_id, jnp.int32),
              logps=jnp.zeros((rows, max_new_tokens), jnp.float32),
@@ -349,18 +355,22 @@ def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, 
                           max_length=cfg.max_seq_len - max_new_tokens)
   params = decoding.decoding_params(model)
   # A single row leaves size-1 dimensions that XLA:CPU folds into reshapes fused with the cache update (which then
-  # copies the cache every step): decode one duplicate row and drop it.
+  # copies the cache every step): decode one filler row (its matmuls are skipped, see `decoding.Matmul`) and drop it.
   decode_rows = np.repeat(row_source, 2) if len(row_source) == 1 else row_source
+  matmul = decoding.Matmul(
+      cpu_kernel=mesh is None and cfg.compute_jnp_dtype == jnp.bfloat16 and cpu_matvec.enabled(),
+      live_rows=len(row_source) if len(decode_rows) != len(row_source) else None)
   key = jax.random.key(seed) if isinstance(seed, int) else seed
   rules = None
   if mesh is not None:
     from spct_jax import sharding  # pylint: disable=g-import-not-at-top
     rules = sharding.DEFAULT_RULES
   shape = (*tokens.shape, len(decode_rows), max_new_tokens)
-  run_prefill = _compiled("prefill", cfg, params, mesh, rules, shape, cache_length=tokens.shape[1] + max_new_tokens)
+  run_prefill = _compiled("prefill", cfg, params, mesh, rules, shape, cache_length=tokens.shape[1] + max_new_tokens,
+                          matmul=matmul)
   cache, logits, next_position = run_prefill(params, tokens, mask, decode_rows)
   run_decode = _compiled("decode", cfg, params, mesh, rules, shape, max_new_tokens=max_new_tokens,
-                         strategy=strategy, eos_ids=tuple(int(e) for e in eos_ids), pad_id=pad_id)
+                         strategy=strategy, eos_ids=tuple(int(e) for e in eos_ids), pad_id=pad_id, matmul=matmul)
   trigger_mask, stop_mask = (stop or StopAfter((), ())).masks(cfg.vocab_size)
   out, _ = run_decode(params, cache, logits, next_position, key, trigger_mask, stop_mask)
   if len(decode_rows) != len(row_source):

@@ -65,17 +65,19 @@ def test_decoding_params_cast_matmul_weights_once_and_keep_norms():
   assert len(params["layers"]) == model.cfg.num_layers
   layer, cfg = params["layers"][1], model.cfg
   assert layer["qkv_proj"].dtype == jnp.bfloat16 and layer["attn_norm"].dtype == jnp.float32
-  # q, k and v grouped by kv head: [D, K, G + 2, H], kv head j's query heads, then its key, then its value.
+  # [out, in] weights. q, k and v grouped by kv head: [K, G + 2, H, D], kv head j's query heads, then its key, then
+  # its value (compared after moving D first, the `Transformer` layout).
   group = cfg.num_heads // cfg.num_kv_heads
-  qkv = np.asarray(layer["qkv_proj"]).reshape(cfg.embed_dim, cfg.num_kv_heads, group + 2, cfg.head_dim)
+  qkv = np.asarray(layer["qkv_proj"]).T.reshape(cfg.embed_dim, cfg.num_kv_heads, group + 2, cfg.head_dim)
   cast = lambda name: np.asarray(getattr(model.blocks, name)[...][1].astype(jnp.bfloat16))
   np.testing.assert_array_equal(qkv[:, :, :group].reshape(cfg.embed_dim, cfg.num_heads, -1), cast("q_proj"))
   np.testing.assert_array_equal(qkv[:, :, group], cast("k_proj"))
   np.testing.assert_array_equal(qkv[:, :, group + 1], cast("v_proj"))
-  gate_up = np.asarray(layer["gate_up_proj"]).reshape(cfg.embed_dim, cfg.mlp_dim, 2)
+  gate_up = np.asarray(layer["gate_up_proj"]).T.reshape(cfg.embed_dim, cfg.mlp_dim, 2)
   np.testing.assert_array_equal(gate_up[..., 0], cast("gate_proj"))
   np.testing.assert_array_equal(gate_up[..., 1], cast("up_proj"))
-  assert layer["o_proj"].shape == (cfg.num_heads * cfg.head_dim, cfg.embed_dim)
+  np.testing.assert_array_equal(np.asarray(layer["o_proj"]).T, cast("o_proj").reshape(-1, cfg.embed_dim))
+  np.testing.assert_array_equal(np.asarray(layer["down_proj"]).T, cast("down_proj"))
   # float32_attention (default on) keeps the cache in f32; without it, the compute dtype.
   assert decoding.init_cache(cfg, 1, 4).k[0].dtype == jnp.float32
   assert decoding.init_cache(cfg.replace(float32_attention=False), 1, 4).k[0].dtype == jnp.bfloat16
@@ -112,9 +114,9 @@ def test_decoding_params_are_reused_until_the_parameters_change():
   second = decoding.decoding_params(model)
   assert second is not first
   group = model.cfg.num_heads // model.cfg.num_kv_heads
-  q_columns = lambda p: np.asarray(p["layers"][0]["qkv_proj"]).reshape(model.cfg.embed_dim, -1, group + 2,
-                                                                      model.cfg.head_dim)[:, :, :group]
-  np.testing.assert_allclose(q_columns(second), 2 * q_columns(first))
+  q_rows = lambda p: np.asarray(p["layers"][0]["qkv_proj"]).reshape(-1, group + 2, model.cfg.head_dim,
+                                                                   model.cfg.embed_dim)[:, :group]
+  np.testing.assert_allclose(q_rows(second), 2 * q_rows(first))
 
 
 def test_bf16_parameters_decode_like_the_full_forward():

@@ -16,10 +16,15 @@ model's own embedding table and the LM head reads a compute-dtype copy. `forward
 code with each layer's kind known statically, and `LayerCache` keeps one K and one V buffer per layer, each
 updated in place. The math is `Transformer.hidden_states`' own (tests/test_decoding.py holds them equal): the same
 norms, `_rotate_qk` and `_attend`.
+
+Weights are [out, in]. On the CPU, matmuls of one or two rows (decoding one sequence) can run a C++ kernel that
+streams each weight row once (`Matmul.cpu_kernel`, `spct_jax.kernels.cpu_matvec`): XLA:CPU's bf16 dot reads such
+weights at about half the bandwidth a plain read reaches.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import weakref
@@ -29,15 +34,32 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from spct_jax.kernels import cpu_matvec
 from spct_jax.model import transformer as tfm
 from spct_jax.model.config import ModelConfig
 
 # params: {"embedding": [V, D] the model's table as stored (lookups), "head": [V, D] the same table in the compute
 # dtype (the same array when the dtypes agree), "final_norm": [D], "layers": ({name: array, ...}, ...)}.
-# Layer matmul weights are 2-D [in, out]: qkv_proj [D, K*(G+2)*H] (per kv head: its G query heads, its key, its
-# value), o_proj [N*H, D], gate_up_proj [D, F*2] (gate and up interleaved), down_proj [F, D]; G = N / K. Norm scales
-# as in `Transformer`.
+# Layer matmul weights are 2-D [out, in], like the head: qkv_proj [K*(G+2)*H, D] (per kv head: its G query heads,
+# its key, its value), o_proj [D, N*H], gate_up_proj [F*2, D] (gate and up interleaved), down_proj [D, F]; G = N / K.
+# Norm scales as in `Transformer`.
 DecodingParams = dict
+MATMULS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+
+
+@dataclasses.dataclass(frozen=True)
+class Matmul:
+  """How decoding multiplies activations by weights; static (part of the compiled function).
+
+  Attributes:
+    cpu_kernel: matmuls of at most `cpu_matvec.MAX_ROWS` rows with bf16 weights run the C++ kernel
+      (`spct_jax.kernels.cpu_matvec`, XLA:CPU only; the caller checks `cpu_matvec.enabled()`), others XLA's dot.
+    live_rows: batch rows past this many are filler (the sampler's duplicate batch-1 row, there for XLA's
+      layouts): their matmul outputs are zeros instead of computed. None = every row is live.
+  """
+
+  cpu_kernel: bool = False
+  live_rows: int | None = None
 
 
 @flax.struct.dataclass
@@ -66,7 +88,7 @@ def _cast(name: str, x: jax.Array, dtype) -> jax.Array:
 
 
 def _decoding_layout(cfg: ModelConfig, blocks: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """Stacked `Transformer` block weights -> 2-D [in, out] decoding weights (leading layer axis kept)."""
+  """Stacked `Transformer` block weights -> 2-D [out, in] decoding weights (leading layer axis kept)."""
   blocks = dict(blocks)
   layers, d = cfg.num_layers, cfg.embed_dim
   q, k, v, gate, up = (blocks.pop(name) for name in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"))
@@ -76,6 +98,9 @@ def _decoding_layout(cfg: ModelConfig, blocks: dict[str, jax.Array]) -> dict[str
   blocks["qkv_proj"] = qkv.reshape(layers, d, -1)  # [L, D, K*(G+2)*H]
   blocks["o_proj"] = blocks["o_proj"].reshape(layers, -1, d)  # [L, N*H, D]
   blocks["gate_up_proj"] = jnp.stack([gate, up], axis=3).reshape(layers, d, -1)  # [L, D, F*2]: gate, up interleaved
+  # [out, in]: each output is a dot product over one contiguous weight row (what the CPU kernel streams).
+  for name in MATMULS:
+    blocks[name] = blocks[name].swapaxes(1, 2)
   return blocks
 
 
@@ -123,7 +148,8 @@ def param_logical_axes(cfg: ModelConfig) -> DecodingParams:
   for name in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"):
     del layer[name]
   # Flattened dims are major-first (kv heads, heads, mlp), so they shard like that axis.
-  layer.update(qkv_proj=("embed", "kv_heads"), o_proj=("heads", "embed"), gate_up_proj=("embed", "mlp"))
+  layer.update(qkv_proj=("kv_heads", "embed"), o_proj=("embed", "heads"), gate_up_proj=("mlp", "embed"),
+               down_proj=layer["down_proj"][::-1])
   return {"embedding": axes["embedding"], "head": axes["embedding"], "final_norm": axes["final_norm"],
           "layers": tuple(dict(layer) for _ in range(cfg.num_layers))}
 
@@ -165,7 +191,8 @@ def take_rows(cfg: ModelConfig, cache: LayerCache, rows: jax.Array) -> LayerCach
 
 
 def forward(cfg: ModelConfig, params: DecodingParams, tokens: jax.Array, positions: jax.Array,
-            cache: LayerCache, attention_mask: jax.Array | None = None) -> tuple[jax.Array, LayerCache]:
+            cache: LayerCache, attention_mask: jax.Array | None = None, *,
+            matmul: Matmul = Matmul()) -> tuple[jax.Array, LayerCache]:
   """Writes T new tokens at `cache.index` and returns their hidden states f32[B, T, D] (after the final norm).
 
   tokens, positions: int32[B, T]; attention_mask: [B, T], 1 = real token (default all).
@@ -183,12 +210,12 @@ def forward(cfg: ModelConfig, params: DecodingParams, tokens: jax.Array, positio
   write = lambda buf, new: jax.lax.dynamic_update_slice(buf, _kv_rows(new).astype(buf.dtype), (0, cache.index, 0))
   new_k, new_v = [], []
   for p, kind, k_cache, v_cache in zip(params["layers"], cfg.layer_kinds, cache.k, cache.v):
-    q, k, v = _project_qkv(cfg, p, x, ropes[kind])
+    q, k, v = _project_qkv(cfg, p, x, ropes[kind], matmul)
     k_cache, v_cache = write(k_cache, k), write(v_cache, v)
     attended = _attend(cfg, q, k_cache, v_cache, masks[kind])
     # o_proj flattened to [N*H, D]: with a separate heads axis XLA:CPU transposed the weight every step.
-    attn_out = _linear(cfg, attended.reshape(*attended.shape[:2], -1), p["o_proj"])
-    x = _residual_mlp(cfg, p, x, attn_out)
+    attn_out = _linear(cfg, attended.reshape(*attended.shape[:2], -1), p["o_proj"], matmul)
+    x = _residual_mlp(cfg, p, x, attn_out, matmul)
     new_k.append(k_cache)
     new_v.append(v_cache)
   hidden = tfm.rms_norm(x, params["final_norm"], cfg.rms_eps)
@@ -196,34 +223,42 @@ def forward(cfg: ModelConfig, params: DecodingParams, tokens: jax.Array, positio
                             index=cache.index + tokens.shape[1])
 
 
-def _linear(cfg: ModelConfig, x: jax.Array, w: jax.Array) -> jax.Array:
-  """x [B, T, in] @ w [in, out] -> f32[B, T, out] as one 2-D matmul.
+def _linear(cfg: ModelConfig, x: jax.Array, w: jax.Array, matmul: Matmul) -> jax.Array:
+  """x [B, T, in] @ w [out, in]^T -> f32[B, T, out] as one 2-D matmul (rows past `matmul.live_rows`: zeros).
 
   With a batched [B, T, in] operand the same matmul ran ~1.5x slower inside the decode loop, and XLA:CPU copied
   weights into another layout on every call (the LM head's 335 MB table among them).
   """
   b, t, _ = x.shape
-  return tfm._dot("xi,io->xo", x.reshape(b * t, -1), w, cfg).reshape(b, t, -1)  # pylint: disable=protected-access
+  live = b if matmul.live_rows is None else matmul.live_rows
+  rows = x[:live].reshape(live * t, -1)
+  if matmul.cpu_kernel and live * t <= cpu_matvec.MAX_ROWS and w.dtype == jnp.bfloat16:
+    out = cpu_matvec.skinny_matmul(rows.astype(jnp.bfloat16), w)
+  else:
+    out = tfm._dot("xi,oi->xo", rows, w, cfg)  # pylint: disable=protected-access
+  out = out.reshape(live, t, -1)
+  return out if live == b else jnp.pad(out, ((0, b - live), (0, 0), (0, 0)))
 
 
-def _project_qkv(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array,
-                 rope: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _project_qkv(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array, rope: tuple[jax.Array, jax.Array],
+                 matmul: Matmul) -> tuple[jax.Array, jax.Array, jax.Array]:
   """`transformer._project_qkv` with the decoding layout: q f32[B, T, N, H], k and v [B, T, K, H]."""
   b, t, _ = x.shape
   h = tfm.rms_norm(x, p["attn_norm"], cfg.rms_eps)
   k_heads, group = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
-  qkv = _linear(cfg, h, p["qkv_proj"]).reshape(b, t, k_heads, group + 2, cfg.head_dim)
+  qkv = _linear(cfg, h, p["qkv_proj"], matmul).reshape(b, t, k_heads, group + 2, cfg.head_dim)
   q = qkv[..., :group, :].reshape(b, t, cfg.num_heads, cfg.head_dim)
   return tfm._rotate_qk(cfg, p, q, qkv[..., group, :], qkv[..., group + 1, :], rope)  # pylint: disable=protected-access
 
 
-def _residual_mlp(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array, attn_out: jax.Array) -> jax.Array:
+def _residual_mlp(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array, attn_out: jax.Array,
+                  matmul: Matmul) -> jax.Array:
   """`transformer._finish_block` after its output projection, with one matmul for gate and up."""
   x = x + tfm.rms_norm(attn_out, p["post_attn_norm"], cfg.rms_eps)
   h = tfm.rms_norm(x, p["ffw_norm"], cfg.rms_eps)
-  gate_up = _linear(cfg, h, p["gate_up_proj"]).reshape(*x.shape[:2], cfg.mlp_dim, 2)
+  gate_up = _linear(cfg, h, p["gate_up_proj"], matmul).reshape(*x.shape[:2], cfg.mlp_dim, 2)
   hidden = jax.nn.gelu(gate_up[..., 0], approximate=True) * gate_up[..., 1]
-  return x + tfm.rms_norm(_linear(cfg, hidden, p["down_proj"]), p["post_ffw_norm"], cfg.rms_eps)
+  return x + tfm.rms_norm(_linear(cfg, hidden, p["down_proj"], matmul), p["post_ffw_norm"], cfg.rms_eps)
 
 
 def _lookup(table: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -253,8 +288,6 @@ def _attend(cfg: ModelConfig, q: jax.Array, keys: jax.Array, values: jax.Array, 
   return out.reshape(b, k, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, n, hd)
 
 
-def logits(cfg: ModelConfig, params: DecodingParams, hidden: jax.Array) -> jax.Array:
+def logits(cfg: ModelConfig, params: DecodingParams, hidden: jax.Array, *, matmul: Matmul = Matmul()) -> jax.Array:
   """hidden f32[B, T, D] -> f32[B, T, V] through the tied embedding (as `Transformer.logits`)."""
-  b, t, d = hidden.shape
-  out = tfm._dot("xd,vd->xv", hidden.reshape(b * t, d), params["head"], cfg)  # pylint: disable=protected-access
-  return tfm.softcap(out.reshape(b, t, -1), cfg.final_logit_softcap)
+  return tfm.softcap(_linear(cfg, hidden, params["head"], matmul), cfg.final_logit_softcap)
