@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 import tempfile
@@ -108,6 +109,7 @@ def worker_ours(spec: dict, dtype: str) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from spct_jax import sampler  # pylint: disable=g-import-not-at-top
+  from spct_jax.kernels import cpu_matvec  # pylint: disable=g-import-not-at-top
   from spct_jax.weights import load_model  # pylint: disable=g-import-not-at-top
 
   device = spec.get("device", "cpu")
@@ -132,8 +134,10 @@ def worker_ours(spec: dict, dtype: str) -> dict:
   gpu_peak = gpu_common.jax_peak_mib if device == "gpu" else lambda: None
   load_gpu_mib = gpu_peak()
   phases = _phases(spec, run, warmup, spec["reps"], gpu_peak)
+  kernel = dtype == "bfloat16" and cpu_matvec.enabled()
   return dict(system=f"ours-{dtype}", load_s=load_s, load_peak_rss_mib=mem.peak_mib, phases=phases,
-              device_name=device_name, load_peak_gpu_mib=load_gpu_mib)
+              device_name=device_name, load_peak_gpu_mib=load_gpu_mib,
+              decode_matmuls="C++ kernel for <= 2 rows" if kernel else "XLA dot")
 
 
 def worker_hf(spec: dict, dtype: str) -> dict:
@@ -184,7 +188,10 @@ def worker_hf(spec: dict, dtype: str) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 # Report.
 
-SYSTEMS = {"ours-bfloat16": "ours bf16", "ours-float32": "ours f32", "hf-float32": "HF f32", "hf-bfloat16": "HF bf16"}
+# ours-bfloat16-xla: the same as ours-bfloat16 with the CPU decoding kernel switched off (SPCT_CPU_KERNELS=off), so
+# the table shows what the kernel adds over XLA's own bf16 dot.
+SYSTEMS = {"ours-bfloat16": "ours bf16", "ours-bfloat16-xla": "ours bf16, XLA dots", "ours-float32": "ours f32",
+           "hf-float32": "HF f32", "hf-bfloat16": "HF bf16"}
 
 
 def report(results: dict[str, dict], spec: dict) -> str:
@@ -219,6 +226,7 @@ def report(results: dict[str, dict], spec: dict) -> str:
       ["   compile (s), first call minus steady: row 1 / row 2 / row 3 k=1 / k=8"]
       + [" / ".join(compile_cell(s, p) for p in ("greedy_b1", "sample_4x8", "share_k1", f"share_k{k}"))
          if s.startswith("ours") else "-" for s in names] + blank,
+      ["   decode matmuls"] + [results[s].get("decode_matmuls", "-") for s in names] + blank,
       ["4. peak RSS after load (MiB)"] + [common.fmt(results[s]["load_peak_rss_mib"], 0) for s in names] + blank,
   ]
   for phase, label in (("greedy_b1", "row 1"), ("sample_4x8", "row 2"), ("share_k1", "row 3 k=1"),
@@ -246,8 +254,11 @@ def main(argv: list[str] | None = None) -> None:
 
   if args.worker:
     spec = json.loads(pathlib.Path(args.spec).read_text())
-    kind, dtype = args.system.split("-")
-    common.emit_result((worker_ours if kind == "ours" else worker_hf)(spec, dtype))
+    kind, dtype, *variant = args.system.split("-")
+    if variant == ["xla"]:
+      os.environ["SPCT_CPU_KERNELS"] = "off"  # read by spct_jax.kernels.cpu_matvec.enabled() at each call
+    result = (worker_ours if kind == "ours" else worker_hf)(spec, dtype)
+    common.emit_result(dict(result, system=args.system))
     return
 
   systems = common.parse_systems(parser, args.systems, SYSTEMS)
