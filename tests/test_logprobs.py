@@ -125,6 +125,40 @@ def test_bf16_compute_dtype_is_close():
   np.testing.assert_allclose(got, _reference(hidden, embedding, targets)[0], rtol=0.05, atol=0.1)
 
 
+def _dot_operand_dtypes(jaxpr) -> list[tuple[str, ...]]:
+  """Operand dtypes of every dot_general in a jaxpr, nested ones (shard_map, lax.map, remat, custom_vjp) included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else [param]:
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          found += _dot_operand_dtypes(inner)
+  return found
+
+
+@pytest.mark.parametrize("sizes", [None, (1, 2, 4)])
+def test_bf16_backward_multiplies_in_bf16_and_stays_close(sizes):
+  """The LM-head backward rounds the logits' cotangent to bf16: no f32 matmul (XLA would convert the whole table)."""
+  hidden, embedding, targets = _inputs()
+  mesh = None if sizes is None else _mesh(sizes)
+
+  def loss(h, e, compute_dtype):
+    return jnp.sum(lp.token_logprobs(h, e, targets, mesh=mesh, compute_dtype=compute_dtype, chunk_size=4))
+
+  grad = jax.grad(loss, (0, 1))
+  dtypes = _dot_operand_dtypes(jax.make_jaxpr(grad, static_argnums=2)(hidden, embedding, jnp.bfloat16).jaxpr)
+  assert len(dtypes) >= 3 and all(d == ("bfloat16", "bfloat16") for d in dtypes), dtypes  # fwd, remat, 2 bwd
+  assert ("float32", "float32") in _dot_operand_dtypes(
+      jax.make_jaxpr(grad, static_argnums=2)(hidden, embedding, jnp.float32).jaxpr)
+  got = grad(hidden, embedding, jnp.bfloat16)
+  want = grad(hidden, embedding, jnp.float32)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=0.05, atol=0.05 * float(jnp.abs(w).max()))
+
+
 def test_bad_inputs_raise():
   hidden, embedding, targets = _inputs(v=30)
   with pytest.raises(ValueError, match=r"vocab size 30 is not divisible .*\('tensor',\) \(size 4\)"):
