@@ -108,7 +108,7 @@ def worker_ours(spec: dict, dtype: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from spct_jax import sampler  # pylint: disable=g-import-not-at-top
+  from spct_jax import sampler, strategies  # pylint: disable=g-import-not-at-top
   from spct_jax.kernels import cpu_matvec  # pylint: disable=g-import-not-at-top
   from spct_jax.weights import load_model  # pylint: disable=g-import-not-at-top
 
@@ -119,7 +119,7 @@ def worker_ours(spec: dict, dtype: str) -> dict:
   common.log(f"  ours ({dtype} compute) loaded in {load_s:.1f}s, {mem.peak_mib:.0f} MiB, on {device_name}")
 
   def run(prompts, n_new, k, sample):
-    strategy = sampler.Sampling(temperature=1.0) if sample else sampler.Greedy()
+    strategy = strategies.Sampling(temperature=1.0) if sample else strategies.Greedy()
     out, *_ = sampler.sample_from_tokens(model, prompts, max_new_tokens=n_new, num_samples=k, strategy=strategy,
                                          seed=0, eos_ids=(NEVER_EOS,), pad_id=spec["pad_id"])
     if device == "gpu":

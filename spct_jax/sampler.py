@@ -21,103 +21,7 @@ from spct_jax.kernels import cpu_matvec
 from spct_jax.model import decoding
 from spct_jax.model.config import ModelConfig
 from spct_jax.model.transformer import Transformer
-
-
-@dataclasses.dataclass(frozen=True)
-class Greedy:
-  """Argmax decoding. Its sampling-distribution log-prob is 0 (a point mass)."""
-
-  def sample(self, key: jax.Array, logits: jax.Array, log_z: jax.Array) -> tuple[jax.Array, jax.Array]:
-    del key, log_z
-    return first_argmax(logits), jnp.zeros(logits.shape[:-1], jnp.float32)
-
-
-def first_argmax(logits: jax.Array) -> jax.Array:
-  """`jnp.argmax` over the last axis (the first maximum) as two plain reductions: int32[...].
-
-  XLA:CPU runs argmax as one (value, index) reduction, ~1 ms for two rows of Gemma's 262k logits; a max and then
-  the smallest index holding it take a fraction of that, and the max is shared with `_log_normalizer`.
-  """
-  best = jnp.max(logits, axis=-1, keepdims=True)
-  index = jnp.arange(logits.shape[-1], dtype=jnp.int32)
-  return jnp.min(jnp.where(logits == best, index, logits.shape[-1] - 1), axis=-1)
-
-
-@dataclasses.dataclass(frozen=True)
-class Sampling:
-  """Temperature sampling with optional top-k and top-p (nucleus) filtering.
-
-  top_p sorts the vocabulary every step (V log V per row); prefer top_k (or both: top_k first bounds the sort) on
-  CPU with Gemma's 262k vocabulary.
-  """
-
-  temperature: float = 1.0
-  top_k: int | None = None
-  top_p: float | None = None
-
-  def __post_init__(self):
-    if self.temperature <= 0:
-      raise ValueError(f"temperature must be > 0 for sampling (use Greedy for 0), got {self.temperature}")
-    if self.top_k is not None and self.top_k < 1:
-      raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-    if self.top_p is not None and not 0 < self.top_p <= 1:
-      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-
-  def filter_logits(self, logits: jax.Array) -> jax.Array:
-    if self.temperature != 1.0:  # at 1.0 the logits stay the same array: `sample` reuses their log-normalizer
-      logits = logits / self.temperature
-    if self.top_k is not None and self.top_k < logits.shape[-1]:
-      kth = jax.lax.top_k(logits, self.top_k)[0][..., -1:]
-      logits = jnp.where(logits < kth, -jnp.inf, logits)
-    if self.top_p is not None and self.top_p < 1:
-      sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
-      probs = jax.nn.softmax(sorted_logits, axis=-1)
-      mass_before = jnp.cumsum(probs, axis=-1) - probs
-      # Smallest logit that still belongs to the nucleus (the top token always does).
-      cutoff = jnp.min(jnp.where(mass_before < self.top_p, sorted_logits, jnp.inf), axis=-1, keepdims=True)
-      logits = jnp.where(logits < cutoff, -jnp.inf, logits)
-    return logits
-
-  def sample(self, key: jax.Array, logits: jax.Array, log_z: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Draws from f32[R, V] `logits` (raw); `log_z` f32[R] is their log-normalizer, reused when nothing filters."""
-    filtered = self.filter_logits(logits)
-    log_probs = logits - log_z[:, None] if filtered is logits else jax.nn.log_softmax(filtered, axis=-1)
-    tokens = sample_categorical(key, log_probs)
-    return tokens, jnp.take_along_axis(log_probs, tokens[:, None], axis=-1)[:, 0]
-
-
-def sample_categorical(key: jax.Array, log_probs: jax.Array, block: int = 512) -> jax.Array:
-  """Exact draw from each row of `log_probs` f32[R, V] by inverting the CDF: int32[R].
-
-  One uniform per row instead of `jax.random.categorical`'s V Gumbel draws: with Gemma's 262k vocabulary the
-  Gumbel noise alone took ~135 ms per decode step for 32 rows on a CPU; this takes a few ms. The CDF is searched
-  in two levels (block masses, then one block) so no length-V scan runs. Tokens of probability 0 are never drawn.
-  """
-  rows, vocab = log_probs.shape
-  probs = jnp.exp(log_probs)
-  padded = -(-vocab // block) * block
-  blocks = jnp.pad(probs, ((0, 0), (0, padded - vocab))).reshape(rows, padded // block, block)
-  block_cdf = jnp.cumsum(jnp.sum(blocks, axis=-1), axis=-1)  # [R, nb]
-  total = block_cdf[:, -1]
-  # u < total strictly, so some block's CDF exceeds it; the first such block has positive mass.
-  u = jnp.minimum(jax.random.uniform(key, (rows,)) * total, total * (1 - 1e-6))
-  b = jnp.argmax(block_cdf > u[:, None], axis=-1)
-  before = jnp.where(b > 0, jnp.take_along_axis(block_cdf, jnp.maximum(b - 1, 0)[:, None], axis=-1)[:, 0], 0.0)
-  within_cdf = jnp.cumsum(jnp.take_along_axis(blocks, b[:, None, None], axis=1)[:, 0], axis=-1)  # [R, block]
-  # The block's own cumsum may round a hair below its mass: keep u inside it so a positive-mass token is hit.
-  u_within = jnp.minimum(u - before, within_cdf[:, -1] * (1 - 1e-6))
-  return (b * block + jnp.argmax(within_cdf > u_within[:, None], axis=-1)).astype(jnp.int32)
-
-
-def _log_normalizer(logits: jax.Array) -> jax.Array:
-  """logsumexp over the last axis of finite logits (raw model logits always are): f32[...].
-
-  `jax.nn.logsumexp` guards infinities with extra passes; this plain max / exp-sum shares the max with
-  `first_argmax` and took ~2.5x less time per decode step for Gemma's 262k vocabulary on a CPU. Computed once
-  per step: the raw-model log-prob and unfiltered sampling both use it.
-  """
-  top = jnp.max(logits, axis=-1, keepdims=True)
-  return top[..., 0] + jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1))
+from spct_jax.strategies import Greedy, log_normalizer, strategy_for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,10 +45,6 @@ class StopAfter:
     trigger[list(self.trigger_ids)] = True
     stop[list(self.stop_ids)] = True
     return trigger, stop
-
-
-def strategy_for(temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None):
-  return Greedy() if temperature == 0.0 else Sampling(temperature, top_k, top_p)
 
 
 @flax.struct.dataclass
@@ -211,7 +111,7 @@ def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.La
   def draw(s, logits, state):
     """Token s of every row from its logits; finished rows emit padding."""
     out, done, lengths, armed = state
-    log_z = _log_normalizer(logits)
+    log_z = log_normalizer(logits)
     token, logp = strategy.sample(jax.random.fold_in(key, s), logits, log_z)
     model_logp = jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0] - log_z
     token = jnp.where(done, pad_id, token)
@@ -332,8 +232,8 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, *, multiple: int =
 def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                        num_samples: int = 1, strategy=Greedy(), seed: int | jax.Array = 0,
                        eos_ids: Sequence[int] = (1,), pad_id: int = 0, length_multiple: int = 64,
-                       stop: StopAfter | None = None, mesh: jax.sharding.Mesh | None = None) -> tuple[SampleOutput, np.ndarray, np.ndarray,
-                                                                        np.ndarray]:
+                       stop: StopAfter | None = None, mesh: jax.sharding.Mesh | None = None,
+                       ) -> tuple[SampleOutput, np.ndarray, np.ndarray, np.ndarray]:
   """Token-level sampling: identical prompts are prefilled once; returns (output, prompt tokens, mask, row_source)."""
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -356,10 +256,11 @@ def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, 
   params = decoding.decoding_params(model)
   # A single row leaves size-1 dimensions that XLA:CPU folds into reshapes fused with the cache update (which then
   # copies the cache every step): decode one filler row (its matmuls are skipped, see `decoding.Matmul`) and drop it.
-  decode_rows = np.repeat(row_source, 2) if len(row_source) == 1 else row_source
+  filler = len(row_source) == 1
+  decode_rows = np.repeat(row_source, 2) if filler else row_source
   matmul = decoding.Matmul(
       cpu_kernel=mesh is None and cfg.compute_jnp_dtype == jnp.bfloat16 and cpu_matvec.enabled(),
-      live_rows=len(row_source) if len(decode_rows) != len(row_source) else None)
+      live_rows=1 if filler else None)
   key = jax.random.key(seed) if isinstance(seed, int) else seed
   rules = None
   if mesh is not None:
@@ -373,8 +274,8 @@ def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, 
                          strategy=strategy, eos_ids=tuple(int(e) for e in eos_ids), pad_id=pad_id, matmul=matmul)
   trigger_mask, stop_mask = (stop or StopAfter((), ())).masks(cfg.vocab_size)
   out, _ = run_decode(params, cache, logits, next_position, key, trigger_mask, stop_mask)
-  if len(decode_rows) != len(row_source):
-    out = jax.tree.map(lambda a: a[:len(row_source)], out)
+  if filler:
+    out = jax.tree.map(lambda a: a[:1], out)
   return out, np.asarray(tokens), np.asarray(mask), row_source
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from spct_jax import sampler
+from spct_jax import sampler, strategies
 from spct_jax.weights import load_model, resolve_gemma3_270m
 from hf_fixtures import load_hf_gguf
 
@@ -44,7 +44,7 @@ def test_bf16_sampled_log_probs_equal_the_training_paths_on_the_real_model():
   prompts = [tokenizer.encode(text), tokenizer.encode("Score the two answers to 2 + 2:")]
   assert len(prompts[0]) > 600
   out, prompt_tokens, prompt_mask, row_source = sampler.sample_from_tokens(
-      model, prompts, max_new_tokens=32, num_samples=3, strategy=sampler.Sampling(1.0), seed=1,
+      model, prompts, max_new_tokens=32, num_samples=3, strategy=strategies.Sampling(1.0), seed=1,
       eos_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id)
   out = jax.device_get(out)
   batch = grpo_trainer.assemble_batch(prompt_tokens, prompt_mask, row_source, out)

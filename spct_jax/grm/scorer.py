@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spct_jax import sampler
+from spct_jax import sampler, strategies
 from spct_jax.grm import parsing, templates, voting
 
 # (conversation, responses) or any object with .conversation and .responses (data.PreferenceItem).
@@ -51,7 +51,7 @@ class GRMOptions:
 
   def strategy(self, k: int):
     temperature = self.temperature if self.temperature is not None else (0.0 if k == 1 else 0.5)
-    return sampler.strategy_for(temperature, self.top_k, self.top_p)
+    return strategies.strategy_for(temperature, self.top_k, self.top_p)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from spct_jax import grpo, logprobs, sampler
+from spct_jax import grpo, logprobs, sampler, strategies
 from spct_jax import sharding as shd
 from spct_jax.train import losses
 from spct_jax.train.step import OptimizerConfig, TrainState, init_train_state, make_optimizer, make_train_step
@@ -122,7 +122,7 @@ class GRPOTrainer:
     cfg = self.cfg
     out, prompt_tokens, prompt_mask, row_source = sampler.sample_from_tokens(
         self.model, prompts, max_new_tokens=cfg.max_new_tokens, num_samples=cfg.group_size,
-        strategy=sampler.strategy_for(cfg.temperature, cfg.top_k, cfg.top_p), seed=seed, eos_ids=eos_ids,
+        strategy=strategies.strategy_for(cfg.temperature, cfg.top_k, cfg.top_p), seed=seed, eos_ids=eos_ids,
         pad_id=pad_id, stop=stop, mesh=self.mesh)
     out = jax.device_get(out)
     return assemble_batch(prompt_tokens, prompt_mask, row_source, out), out
