@@ -158,8 +158,15 @@ class GRM:
     return self.score_batch([(conversation, tuple(responses))], k=k, **kwargs)
 
   def score_batch(self, items: Sequence[Item], k: int = 1, *, meta_scorer: MetaScorer | None = None,
-                  seed: int | None = None, hint_best: Sequence[int | None] | None = None) -> GRMResult:
-    """The kernel: B items x k samples in one sampling call, parsed, unshuffled and voted on device."""
+                  meta_rm=None, k_meta: int | None = None, seed: int | None = None,
+                  hint_best: Sequence[int | None] | None = None) -> GRMResult:
+    """The kernel: B items x k samples in one sampling call, parsed, unshuffled and voted on device.
+
+    meta_rm: meta-RM guided voting (MetaRM@k): a `meta_rm.MetaRM` (read with this GRM's tokenizer and mesh) or a
+      callable `(items, texts[B][k], perms int32[B, k, n]) -> f32[B, k]` (`meta_rm.as_meta_scorer`) that sees each
+      sample's response order. All B x k trajectories are scored in one batched call, the k_meta highest are kept.
+    k_meta: samples kept under a meta RM / meta scorer; default `options.k_meta`, else max(1, k // 2).
+    """
     if k < 1:
       raise ValueError(f"k must be >= 1, got {k}")
     if not items:
@@ -174,11 +181,20 @@ class GRM:
     batch, n_max = len(items), perms.shape[2]
     shown, valid = shown.reshape(batch, k, n_max), valid.reshape(batch, k)
     texts_2d = [texts[b * k:(b + 1) * k] for b in range(batch)]
-    if meta_scorer is None:  # every valid sample votes: equal meta scores, keep all k
+    if meta_rm is not None:  # a meta RM reads every sample's responses in the order that sample showed them
+      from spct_jax import meta_rm as meta_rm_lib  # pylint: disable=g-import-not-at-top  (meta_rm imports grm)
+      if meta_scorer is not None:
+        raise ValueError("give meta_rm or meta_scorer, not both")
+      score_meta = meta_rm_lib.resolve_scorer(meta_rm, self.tokenizer, mesh=self.mesh)
+      meta_scores = np.asarray(score_meta(items, texts_2d, perms), np.float32)
+      k_meta = meta_rm_lib.default_k_meta(k, k_meta if k_meta is not None else opts.k_meta)
+    elif meta_scorer is None:  # every valid sample votes: equal meta scores, keep all k
+      if k_meta is not None:
+        raise ValueError("k_meta given without a meta RM")
       meta_scores, k_meta = np.zeros((batch, k), np.float32), k
     else:
       meta_scores = np.asarray(meta_scorer(items, texts_2d), np.float32)
-      k_meta = opts.k_meta if opts.k_meta is not None else max(1, k // 2)
+      k_meta = k_meta if k_meta is not None else opts.k_meta if opts.k_meta is not None else max(1, k // 2)
     voted, original, kept = jax.device_get(_vote(shown, perms, valid, meta_scores, k_meta))
     return GRMResult(voted=voted, sample_scores=original, valid=valid, perms=perms, texts=texts_2d,
                      errors=[errors[b * k:(b + 1) * k] for b in range(batch)], response_mask=response_mask,
