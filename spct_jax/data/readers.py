@@ -80,7 +80,7 @@ def read_jsonl(path: Path | str) -> ReadResult:
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path} does not exist")
-  tally = Tally()
+  tally = Tally(path)
   for index, line, record in iter_jsonl(path):
     tally.records += 1
     with record_errors(path, index, line):

@@ -125,11 +125,12 @@ def run(config, workdir: str) -> dict:
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.keep,
                                  async_save=config.checkpoint.async_save)
   writer = MetricsWriter(workdir)
-  start = ckpt.latest_step() or 0
-  if start:
-    trainable, opt_state, meta = ckpt.restore(start, params_target=trainer.state.trainable,
-                                              opt_state_target=trainer.state.opt_state)
-    trainer.state.trainable, trainer.state.opt_state, trainer.state.step = trainable, opt_state, meta["step"]
+  restored = ckpt.restore_latest_valid(params_target=trainer.state.trainable,
+                                      opt_state_target=trainer.state.opt_state)
+  start = 0
+  if restored is not None:
+    start, trainer.state.trainable, trainer.state.opt_state, meta = restored
+    trainer.state.step = meta["step"]
     log.info("resumed from %s at step %d", ckpt.directory, start)
   writer.truncate_after(start)
   eos_ids = (tokenizer.eos_id,) + ((tokenizer.end_of_turn_id,) if config.grm.chat_style == "gemma" else ())

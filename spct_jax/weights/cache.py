@@ -81,6 +81,18 @@ def read_entry(key: str) -> Converted | None:
   return cfg, flat, tok
 
 
+def replace_tokenizer(key: str, tokenizer_model: bytes) -> None:
+  """Rewrites the entry's `tokenizer.model` (temporary file + rename); a cache that cannot be written is a warning."""
+  path = entry_path(key) / _TOKENIZER
+  tmp = path.with_name(f".{_TOKENIZER}.{os.getpid()}.tmp")
+  try:
+    tmp.write_bytes(tokenizer_model)
+    os.replace(tmp, path)
+  except OSError as e:
+    tmp.unlink(missing_ok=True)
+    log.warning("could not rewrite the cached tokenizer %s: %s", path, e)
+
+
 @contextlib.contextmanager
 def atomic_folder(folder: str | os.PathLike, *, replace: bool = True) -> Iterator[pathlib.Path]:
   """Yields an empty temporary sibling of `folder` that is renamed to `folder` when the block succeeds.
