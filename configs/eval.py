@@ -67,12 +67,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.synthetic_difficulty = "easy"  # easy / medium / hard.
 
   c.grm = ml_collections.ConfigDict()  # spct_jax.grm.GRMOptions fields.
-  c.grm.template = "default"  # Appendix G prompt (spct_jax.grm.templates.TEMPLATES).
+  c.grm.template = "default"  # Appendix G prompt (spct_jax.grm.templates.TEMPLATES) for items with n >= 2.
+  c.grm.single_template = "single_binary"  # n = 1 items (0/1 label): the 0/1 single-response prompt.
   c.grm.chat_style = "raw"  # "raw" (the paper's base-model setting) or "gemma" (chat turns).
   c.grm.max_new_tokens = 128
-  c.grm.num_distinct_orders = 2  # Response orders per item; samples sharing an order share one prefill.
+  # None: every sample shuffles the responses anew (the paper); an int m caps the orders per item (cycled).
+  # Samples that show the same order share one prefill either way.
+  c.grm.num_distinct_orders = ml_collections.config_dict.placeholder(int)
   c.grm.output_prefix = "Specific Criteria:"  # Opens the answer so a base model starts in the asked format.
-  c.grm.stop_after_scores = True  # End a sample at the `}` closing its \\boxed{..}.
+  c.grm.stop_after_scores = True  # End a sample at the `}` closing the \\boxed{..} after "Scores:".
   # Worked synthetic examples (spct_jax.data.synthetic.worked_judgement) shown before each prompt; each one
   # costs about 1k prompt tokens with Gemma's tokenizer. Untrained base models need one to answer in the
   # format at all (Gemma 3 270M: 100% parse failures without, 0% with one, though it tends to copy its scores).

@@ -43,14 +43,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.difficulty = "easy"
 
   c.grm = ml_collections.ConfigDict()
-  c.grm.template = "default"
+  c.grm.template = "default"         # items with n >= 2 responses
+  c.grm.single_template = "single_binary"  # n = 1 items (0/1 label): 0/1 scores and n = 1 demonstrations
   c.grm.chat_style = "raw"         # the paper trains the pretrained base model: raw text, no chat turns
   # Worked examples before the task: a base model needs them to score at all. Step-0 parse rate of 72 rollouts
   # (3 steps x 2 items x 12 samples): 1 demo + 96 tokens 1/72, 2 demos + 128 tokens 9/72.
   c.grm.num_demonstrations = 2
   c.grm.demo_seed = 1
   c.grm.output_prefix = "Specific Criteria:"
-  c.grm.stop_after_scores = True   # end a rollout at the `}` closing its \boxed{..}: no reward-free tail to train on
+  c.grm.stop_after_scores = True   # end a rollout at the `}` closing the \boxed{..} after "Scores:": no reward-free tail
 
   c.grpo = ml_collections.ConfigDict()
   c.grpo.group_size = 4            # G (paper: 4)

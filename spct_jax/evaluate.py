@@ -9,8 +9,11 @@ RMB best-of-N uses the same kernel with the whole list (n = 3..7) in one prompt;
 
 Choices (config fields):
   * nested_k: max(ks) samples are drawn once and voting@k uses the first k, so k = 1 is one temperature-0.5
-    sample (the paper's "k=1" row) and the ks are compared on the same samples. Samples cycle through
-    `num_distinct_orders` shuffles, so a prefix sees the same orders an independent k-sample run would.
+    sample (the paper's "k=1" row) and the ks are compared on the same samples. Every sample draws its own
+    response order (grm.num_distinct_orders None), so a prefix sees what an independent k-sample run would.
+  * RMB is also reported as its benchmark does (`results["rmb"]`, `metrics_io.rmb_summary`): the four cells
+    {Helpfulness, Harmlessness} x {pairwise, best-of-N} and their mean, under the primary metrics ("paper") and
+    with ties wrong everywhere ("strict", the RMB scripts' rule).
   * Items whose prompt + max_new_tokens exceeds model.max_seq_len are passed over while drawing the slice
     (counted as `skipped_too_long`); the slice is then sorted by prompt length so batches pad little.
   * Every process scores the same items (the model may be sharded over all devices); only process 0 writes.
@@ -33,7 +36,7 @@ from tqdm.auto import tqdm
 
 from spct_jax import experiment, metrics_io, plotting
 from spct_jax.data import readers, schema, synthetic
-from spct_jax.grm import GRM, templates
+from spct_jax.grm import GRM, GRMOptions, scorer, templates
 
 SYNTHETIC = "synthetic"
 _LENGTH_MARGIN = 8  # Tokens of slack: shuffled orders can tokenize a little differently at block boundaries.
@@ -115,11 +118,12 @@ def build_model(config) -> tuple[Any, Any, dict[str, Any], Any]:
 def grm_options(config) -> dict[str, Any]:
   """GRMOptions fields from config.grm; demonstrations are rendered from their own synthetic stream."""
   g = config.grm
-  return dict(template=g.template, chat_style=g.chat_style, max_new_tokens=g.max_new_tokens,
-              num_distinct_orders=g.num_distinct_orders, output_prefix=g.output_prefix,
-              demonstrations=experiment.demonstrations(g.num_demonstrations, g.demo_seed, g.template),
-              top_k=g.top_k, top_p=g.top_p, seed=config.seed,
-              stop_after_scores=g.get("stop_after_scores", True))
+  single_template = g.get("single_template", "single_binary")
+  return dict(template=g.template, single_template=single_template, chat_style=g.chat_style,
+              max_new_tokens=g.max_new_tokens, num_distinct_orders=g.get("num_distinct_orders"),
+              output_prefix=g.output_prefix, top_k=g.top_k, top_p=g.top_p, seed=config.seed,
+              stop_after_scores=g.get("stop_after_scores", True),
+              **experiment.grm_demonstrations(g.num_demonstrations, g.demo_seed, g.template, single_template))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -322,11 +326,10 @@ def run(config, workdir: str | os.PathLike) -> dict[str, Any]:
   greedy_grm = MeasuredGRM(model, tokenizer, mesh=mesh, temperature=0.0, **options)
   sampled_grm = MeasuredGRM(model, tokenizer, mesh=mesh, temperature=float(config.temperature), **options)
 
+  prompt_options = GRMOptions(**options)
+
   def prompt_length(item):
-    prompt = templates.build_prompt(item.conversation, item.responses, template=options["template"],
-                                    demonstrations=options["demonstrations"],
-                                    output_prefix=options["output_prefix"], chat_style=options["chat_style"])
-    return len(tokenizer.encode(prompt, add_bos=True))
+    return len(tokenizer.encode(scorer.item_prompt(item, prompt_options), add_bos=True))
 
   datasets, records = {}, []
   for name in names:
@@ -361,7 +364,13 @@ def run(config, workdir: str | os.PathLike) -> dict[str, Any]:
       "process_count": jax.process_count(),
       "devices": [str(d) for d in jax.devices()][:8],
   })
+  rmb = {"paper": metrics_io.rmb_summary(datasets),
+         "strict": metrics_io.rmb_summary(datasets, pairwise_metric="strict")}
+  if rmb["paper"]:
+    results["rmb"] = metrics_io.jsonable(rmb)
   table = metrics_io.format_table(datasets)
+  if rmb["paper"]:
+    table += "\n\n" + metrics_io.format_rmb_table(rmb["paper"])
   if is_main:
     workdir = Path(workdir)
     metrics_io.write_json(results, workdir / config.output.results)

@@ -52,12 +52,23 @@ def build_model(model_config, mesh=None):
                             max_seq_len=overrides.get("max_seq_len"))
 
 
-def demonstrations(num: int, seed: int, template: str, *, start: int = 0) -> tuple[str, ...]:
+def demonstrations(num: int, seed: int, template: str, *, start: int = 0, num_responses: int = 2) -> tuple[str, ...]:
   """Worked few-shot examples rendered from generated items (a pretrained base model needs them to answer in
-  format). `start` selects a slice of the seed's stream, so demos never repeat evaluated or trained items."""
+  format). `start` selects a slice of the seed's stream, so demos never repeat evaluated or trained items;
+  `num_responses` is the n of the demonstrated items (1 for the single-response template)."""
   from spct_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   from spct_jax.grm import templates  # pylint: disable=g-import-not-at-top
 
   return tuple(templates.render_demonstration(item.conversation, item.responses, **synthetic.worked_judgement(item),
                                               template=template)
-               for item in synthetic.generate_items(num, seed=seed, start=start))
+               for item in synthetic.generate_items(num, seed=seed, start=start, num_responses=num_responses))
+
+
+def grm_demonstrations(num: int, seed: int, template: str, single_template: str | None, *,
+                       start: int = 0) -> dict[str, tuple[str, ...]]:
+  """GRMOptions' `demonstrations` (n = 2 items under `template`) and `single_demonstrations` (n = 1 items under
+  `single_template`, from the next slice of the stream), so each item sees examples of its own template."""
+  single = ()
+  if single_template is not None and single_template != template:
+    single = demonstrations(num, seed, single_template, start=start + num, num_responses=1)
+  return {"demonstrations": demonstrations(num, seed, template, start=start), "single_demonstrations": single}

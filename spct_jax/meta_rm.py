@@ -40,7 +40,7 @@ from flax import nnx
 
 from spct_jax import sampler
 from spct_jax import sharding as shd
-from spct_jax.grm import templates, voting
+from spct_jax.grm import scorer, templates, voting
 from spct_jax.model.transformer import Transformer
 from spct_jax.train import losses
 
@@ -257,11 +257,6 @@ def _forward(graphdef, state, tokens, mask):
   return nnx.merge(graphdef, state)(tokens, attention_mask=mask)
 
 
-def _fields(item) -> tuple[Any, Sequence[str]]:
-  # Items as `GRM.score_batch` takes them: (conversation, responses) or objects with those attributes.
-  return item if isinstance(item, tuple) else (item.conversation, item.responses)
-
-
 class MetaRMScorer:
   """Scores texts with a meta RM in batched forwards; as a callable it is `GRM.score_batch`'s `meta_rm` hook.
 
@@ -309,13 +304,8 @@ class MetaRMScorer:
     perms = np.asarray(perms)
     if len(texts) != len(items) or perms.shape[:2] != (len(items), len(texts[0]) if texts else 0):
       raise ValueError(f"{len(items)} items, texts [{len(texts)}][...] and perms {perms.shape} disagree")
-    out = []
-    for b, item in enumerate(items):
-      conversation, responses = _fields(item)
-      for s, judgement in enumerate(texts[b]):
-        shown = [responses[int(i)] for i in perms[b, s, :len(responses)]]
-        out.append(templates.meta_rm_input(conversation, shown, judgement, chat_style=self.model.config.chat_style))
-    return out
+    rows = scorer.meta_rm_inputs(items, texts, perms, chat_style=self.model.config.chat_style)
+    return [text for row in rows for text in row]
 
   def __call__(self, items: Sequence[Any], texts: Sequence[Sequence[str]], perms: np.ndarray) -> np.ndarray:
     """f32[B, k] logits of the B x k trajectories (items, texts[B][k], perms int32[B, k, n]), one batched score."""

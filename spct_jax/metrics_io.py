@@ -9,6 +9,12 @@ Per item (`item_metrics`), from voted scores [B, n] and ground-truth ratings:
   no_valid           no sample parsed (all votes 0: a full tie, so accuracy is chance and strict is 0).
   gen_tokens, gen_chars  mean generated length over the k samples.
 `aggregate` averages these over items ("overall"), over categories ("macro") and per category / subset.
+Single-response items (n = 1) are judged by their voted label (`voting.voted_label`: the mean of the valid samples'
+scores rounded half up).
+
+RMB (`rmb_summary`) is reported as its benchmark does: accuracy in each of the four cells {Helpfulness,
+Harmlessness} x {pairwise, best-of-N} (the item mean within the cell, from each dataset's `by_subset`), and the
+mean of the four cells (the RMB leaderboard's overall number), beside the per-dataset accuracy.
 """
 
 from __future__ import annotations
@@ -46,12 +52,13 @@ def item_metrics(voted: np.ndarray, ratings: np.ndarray, response_mask: np.ndarr
     voted: [B, n] voted scores in the original response order.
     ratings: [B, n] ground-truth ratings (padding anywhere the mask is False).
     response_mask: bool[B, n] real responses.
-    valid: bool[B, k] parseable samples among those that voted.
+    valid: bool[B, k] parseable samples among those that voted (their count divides n = 1 items' votes).
     key: PRNG key of the random tie-breaks.
     gen_tokens, gen_chars: [B, k] generated lengths; None: reported as NaN.
   """
-  acc = jax.device_get(voting.accuracy(voted, ratings, response_mask=response_mask, key=key))
   valid = np.asarray(valid, bool)
+  acc = jax.device_get(voting.accuracy(voted, ratings, num_votes=valid.sum(axis=1), response_mask=response_mask,
+                                       key=key))
   nan = np.full(valid.shape, np.nan)
   return {
       "accuracy": np.asarray(acc["tie_random"], np.float64),
@@ -95,6 +102,38 @@ def aggregate(per_item: dict[str, np.ndarray], categories: Sequence[str],
          "by_category": by_category}
   if subsets is not None and any(s is not None for s in subsets):
     out["by_subset"] = {s: summarize(per_item, idx) for s, idx in _groups(subsets).items()}
+  return out
+
+
+RMB_SETS = (("pairwise", "rmb_pairwise"), ("bon", "rmb_bon"))
+RMB_GOALS = ("Helpfulness", "Harmlessness")
+
+
+def rmb_summary(datasets: dict[str, Any], *, pairwise_metric: str = "accuracy",
+                bon_metric: str = "strict") -> dict[str, dict[str, float | None]]:
+  """RMB's four cells and their mean, per run, from evaluated datasets (`{name: {"runs": {run: aggregate()}}}`).
+
+  Args:
+    datasets: results per dataset name; "rmb_pairwise" / "rmb_bon" are read, their runs' `by_subset` entries
+      "Helpfulness" / "Harmlessness" give the cells.
+    pairwise_metric, bon_metric: the per-item metric of each set (`METRICS`). Defaults: the paper's rule for pairs
+      (random tie-break) and the benchmark's strict rule for best-of-N (the best must beat every loser).
+
+  Returns:
+    {run: {"Helpfulness/pairwise", "Helpfulness/bon", "Harmlessness/pairwise", "Harmlessness/bon": float or None
+    (not evaluated), "mean": the mean of the four, or None unless all four were evaluated}}; {} without RMB data.
+  """
+  metric = {"pairwise": pairwise_metric, "bon": bon_metric}
+  runs = sorted({run for _, name in RMB_SETS if name in datasets for run in datasets[name]["runs"]})
+  out = {}
+  for run in runs:
+    cells: dict[str, float | None] = {}
+    for goal in RMB_GOALS:
+      for kind, name in RMB_SETS:
+        subset = datasets.get(name, {}).get("runs", {}).get(run, {}).get("by_subset", {}).get(goal)
+        cells[f"{goal}/{kind}"] = None if subset is None else subset[metric[kind]]
+    values = list(cells.values())
+    out[run] = {**cells, "mean": None if None in values else float(np.mean(values))}
   return out
 
 
@@ -170,4 +209,15 @@ def format_table(datasets: dict[str, Any]) -> str:
                    f"{_pct(o['parse_failure']):>6} {length}")
   lines.append("acc: paper rule (random tie-break); exp: its expectation over tie-breaks; strict: ties wrong "
                "(the RMB best-of-N protocol); macro: exp averaged over categories; len: generated tokens.")
+  return "\n".join(lines)
+
+
+def format_rmb_table(summary: dict[str, dict[str, float | None]]) -> str:
+  """One row per run of `rmb_summary`: the four RMB cells and their mean."""
+  cells = [f"{goal}/{kind}" for goal in RMB_GOALS for kind, _ in RMB_SETS]
+  header = f"{'RMB run':<8} " + " ".join(f"{c.replace('fulness', '').replace('lessness', ''):>11}" for c in cells)
+  header += f" {'mean':>5}"
+  lines = [header, "-" * len(header)]
+  for run, row in summary.items():
+    lines.append(f"{run:<8} " + " ".join(f"{_pct(row[c]):>11}" for c in cells) + f" {_pct(row['mean'])}")
   return "\n".join(lines)

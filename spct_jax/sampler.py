@@ -21,30 +21,8 @@ from spct_jax.kernels import cpu_matvec
 from spct_jax.model import decoding
 from spct_jax.model.config import ModelConfig
 from spct_jax.model.transformer import Transformer
+from spct_jax.stop_rules import NEVER_STOP, StopAfter
 from spct_jax.strategies import Greedy, log_normalizer, strategy_for
-
-
-@dataclasses.dataclass(frozen=True)
-class StopAfter:
-  """A row also stops at any `stop_ids` token emitted after one of `trigger_ids` (e.g. the `}` closing a
-  `\\boxed{..}` score list): a judgement is complete there, and decoding on would cost time and, in RL, train on
-  whatever the model writes next."""
-
-  trigger_ids: tuple[int, ...]
-  stop_ids: tuple[int, ...]
-
-  @classmethod
-  def from_pieces(cls, tokenizer, trigger: str, stop: str) -> StopAfter:
-    """Every vocabulary piece containing `trigger` / `stop` (robust to how the text happens to be tokenized)."""
-    pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
-    return cls(tuple(i for i, p in enumerate(pieces) if trigger in p),
-               tuple(i for i, p in enumerate(pieces) if stop in p))
-
-  def masks(self, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
-    trigger, stop = np.zeros(vocab_size, np.bool_), np.zeros(vocab_size, np.bool_)
-    trigger[list(self.trigger_ids)] = True
-    stop[list(self.stop_ids)] = True
-    return trigger, stop
 
 
 @flax.struct.dataclass
@@ -91,7 +69,7 @@ def prefill(cfg: ModelConfig, params: decoding.DecodingParams, prompt_tokens: ja
 
 
 def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.LayerCache, logits: jax.Array,
-           next_position: jax.Array, key: jax.Array, trigger_mask: jax.Array, stop_mask: jax.Array, *,
+           next_position: jax.Array, key: jax.Array, stop_table: jax.Array, *,
            max_new_tokens: int, strategy, eos_ids: tuple[int, ...], pad_id: int,
            matmul: decoding.Matmul = decoding.Matmul()) -> tuple[SampleOutput, decoding.LayerCache]:
   """Samples up to `max_new_tokens` per row with a `lax.while_loop`; the donated cache is updated in place.
@@ -99,7 +77,8 @@ def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.La
   `logits` are the prefill's (the first token's distribution). Each loop step runs the model on the token drawn
   last and draws the next, so the N tokens cost N - 1 forward steps: the cache returned holds the prompt and every
   generated token but the last (it lets the donated input buffer alias the output).
-  trigger_mask / stop_mask: bool[V] of a `StopAfter` condition (all False: EOS and max_new_tokens only).
+  stop_table: int[V, S] a `StopAfter` automaton's transitions (`NEVER_STOP`: EOS and max_new_tokens only); each
+  row carries its state (0 at the start) and stops on the token that reaches state S - 1.
 
   Token s is drawn with fold_in(key, s): results depend only on the seed and the shapes. The loop exits early once
   every row has produced an EOS; with `matmul.live_rows`, once the live rows have (filler rows never finish).
@@ -110,7 +89,7 @@ def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.La
 
   def draw(s, logits, state):
     """Token s of every row from its logits; finished rows emit padding."""
-    out, done, lengths, armed = state
+    out, done, lengths, stop_state = state
     log_z = log_normalizer(logits)
     token, logp = strategy.sample(jax.random.fold_in(key, s), logits, log_z)
     model_logp = jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0] - log_z
@@ -119,8 +98,9 @@ def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.La
     out = dict(tokens=put(out["tokens"], token), logps=put(out["logps"], jnp.where(done, 0.0, logp)),
                model_logps=put(out["model_logps"], jnp.where(done, 0.0, model_logp)))
     lengths = lengths + (~done).astype(jnp.int32)
-    done = done | jnp.isin(token, eos) | (armed & stop_mask[token])
-    return token, (out, done, lengths, armed | trigger_mask[token])
+    stop_state = stop_table[token, stop_state].astype(jnp.int32)
+    done = done | jnp.isin(token, eos) | (stop_state == stop_table.shape[1] - 1)
+    return token, (out, done, lengths, stop_state)
 
   def step(carry):
     s, cache, token, state = carry
@@ -138,7 +118,7 @@ def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.La
              logps=jnp.zeros((rows, max_new_tokens), jnp.float32),
              model_logps=jnp.zeros((rows, max_new_tokens), jnp.float32))
   no_rows = jnp.zeros((rows,), jnp.bool_)
-  token, state = draw(0, logits, (out, no_rows, jnp.zeros((rows,), jnp.int32), no_rows))
+  token, state = draw(0, logits, (out, no_rows, jnp.zeros((rows,), jnp.int32), jnp.zeros((rows,), jnp.int32)))
   _, cache, _, (out, done, lengths, _) = jax.lax.while_loop(
       keep_going, step, (jnp.ones((), jnp.int32), cache, token, state))
   return SampleOutput(tokens=out["tokens"], logps=out["logps"], model_logps=out["model_logps"], lengths=lengths,
@@ -181,9 +161,9 @@ def _compiled(kind: str, cfg: ModelConfig, params: decoding.DecodingParams, mesh
     else:
       per_token = named((r, n), ("batch", None))
       out_sh = SampleOutput(tokens=per_token, logps=per_token, model_logps=per_token, lengths=rows, done=rows)
-      vocab_mask = named((cfg.vocab_size,), (None,))
+      stop_table = named((cfg.vocab_size, 2), (None, None))  # replicated, whatever its number of states
       jitted = jax.jit(fn, donate_argnums=donate, out_shardings=(out_sh, cache_sh),
-                       in_shardings=(params_sh, cache_sh, rows_vocab, rows, named((), ()), vocab_mask, vocab_mask))
+                       in_shardings=(params_sh, cache_sh, rows_vocab, rows, named((), ()), stop_table))
   _COMPILED[key] = jitted
   return jitted
 
@@ -272,8 +252,8 @@ def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, 
   cache, logits, next_position = run_prefill(params, tokens, mask, decode_rows)
   run_decode = _compiled("decode", cfg, params, mesh, rules, shape, max_new_tokens=max_new_tokens,
                          strategy=strategy, eos_ids=tuple(int(e) for e in eos_ids), pad_id=pad_id, matmul=matmul)
-  trigger_mask, stop_mask = (stop or StopAfter((), ())).masks(cfg.vocab_size)
-  out, _ = run_decode(params, cache, logits, next_position, key, trigger_mask, stop_mask)
+  stop_table = (stop or NEVER_STOP).table(cfg.vocab_size)
+  out, _ = run_decode(params, cache, logits, next_position, key, stop_table)
   if filler:
     out = jax.tree.map(lambda a: a[:1], out)
   return out, np.asarray(tokens), np.asarray(mask), row_source

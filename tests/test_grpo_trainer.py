@@ -108,3 +108,32 @@ def test_shared_prompt_logps_equal_full_sequences_values_and_gradients(preset):
   g_full = nnx.state(nnx.grad(lambda m: (full_logps(m) * weights).sum())(model), nnx.Param)
   for (path, a), (_, b) in zip(nnx.to_flat_state(g_shared), nnx.to_flat_state(g_full)):
     np.testing.assert_allclose(np.asarray(a[...]), np.asarray(b[...]), atol=5e-5, rtol=1e-4, err_msg=str(path))
+
+
+def test_loss_log_probs_are_taken_at_the_rollout_temperature():
+  """At T = 0.5 the ratio's log-probs are those of the distribution the rollouts were drawn from, and the KL is
+  between the tempered policy and the tempered reference (the k3 value by hand from tempered log-probs)."""
+  from spct_jax.train.grpo_trainer import completion_logps
+  model = Transformer(get_config("tiny-gemma3"), rngs=nnx.Rngs(3))
+  cfg = GRPOConfig(group_size=2, beta=0.5, max_new_tokens=6, temperature=0.5, num_iterations=2)
+  trainer = GRPOTrainer(model, cfg, OptimizerConfig(learning_rate=1e-3))
+  batch, out = trainer.rollout(PROMPTS[:3], seed=4, eos_ids=(1,), pad_id=0)
+  mask = batch["completion_mask"] > 0
+  # The old-policy pass (mu > 1) reproduces the sampler's own log-probs at T = 0.5, not the raw T = 1 ones.
+  old = np.asarray(trainer._old_logps(trainer.model, {k: jnp.asarray(v) for k, v in batch.items()}))
+  np.testing.assert_allclose(old[mask], np.asarray(out.logps)[mask], atol=2e-5)
+  assert not np.allclose(old[mask], np.asarray(out.model_logps)[mask], atol=1e-2)
+
+  # A reference that differs from the policy: KL(pi_T || ref_T) from the objective equals k3 on tempered log-probs.
+  ref_model = Transformer(get_config("tiny-gemma3"), rngs=nnx.Rngs(4))
+  ref_state = nnx.state(ref_model, nnx.Param)
+  full = {k: jnp.asarray(v) for k, v in dict(batch, advantages=np.zeros(6, np.float32), old_logps=old).items()}
+  _, metrics = grpo_objective(cfg)(trainer.model, ref_state, full)
+  policy_t = np.asarray(completion_logps(trainer.model, full, temperature=0.5))
+  ref_t = np.asarray(completion_logps(ref_model, full, temperature=0.5))
+  d = (ref_t - policy_t)[mask]
+  np.testing.assert_allclose(float(metrics["kl"]), np.mean(np.exp(d) - d - 1), rtol=1e-4)
+  # On the rollout policy the ratio is exactly 1: no clipping although the samples were drawn at T = 0.5.
+  assert float(metrics["clip_fraction"]) == 0.0
+  with pytest.raises(ValueError, match="temperature must be > 0"):
+    GRPOConfig(temperature=0.0)

@@ -14,14 +14,13 @@ import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from spct_jax import checkpoint, experiment
 from spct_jax.data import readers, synthetic
-from spct_jax.grm import scorer, voting
-from spct_jax.grm.reward import is_correct, rule_reward
+from spct_jax.grm import reward, scorer
+from spct_jax.grm.reward import is_correct
 from spct_jax.train.grpo_trainer import GRPOConfig, GRPOTrainer
 from spct_jax.train.metrics import MetricsWriter
 from spct_jax.train.step import OptimizerConfig
@@ -46,11 +45,13 @@ def load_items(data_cfg):
   return items[data_cfg.eval_items:][:data_cfg.num_items or None], items[:data_cfg.eval_items]
 
 
-def grm_options(config, demos) -> scorer.GRMOptions:
+def grm_options(config, demos: dict) -> scorer.GRMOptions:
+  """demos: `experiment.grm_demonstrations` (GRMOptions' demonstrations and single_demonstrations)."""
   g = config.grm
-  return scorer.GRMOptions(template=g.template, chat_style=g.chat_style, max_new_tokens=config.grpo.max_new_tokens,
-                           num_distinct_orders=1, demonstrations=demos, output_prefix=g.output_prefix,
-                           seed=config.seed, stop_after_scores=g.stop_after_scores)
+  return scorer.GRMOptions(template=g.template, single_template=g.get("single_template", "single_binary"),
+                           chat_style=g.chat_style, max_new_tokens=config.grpo.max_new_tokens,
+                           num_distinct_orders=1, output_prefix=g.output_prefix, seed=config.seed,
+                           stop_after_scores=g.stop_after_scores, **demos)
 
 
 def items_for_step(items, step: int, batch_size: int, seed: int):
@@ -61,27 +62,6 @@ def items_for_step(items, step: int, batch_size: int, seed: int):
   return [items[i] for i in order[index * batch_size:(index + 1) * batch_size]]
 
 
-def ratings_array(items, n_max: int) -> np.ndarray:
-  ratings = np.full((len(items), n_max), -np.inf, np.float32)
-  for b, item in enumerate(items):
-    ratings[b, :item.num_responses] = item.ratings
-  return ratings
-
-
-def score_rollouts(texts, items, perms, group_size: int, template: str):
-  """Eq. 11 rewards f32[B*G] (+1 correct, -1 wrong or unparseable) and the parse mask."""
-  n_max = perms.shape[-1]
-  num_responses = np.repeat([item.num_responses for item in items], group_size)
-  shown, valid, _ = scorer.parse_texts(texts, num_responses, n_max, template)
-  row_perms = np.repeat(perms[:, 0], group_size, axis=0)  # one order per item, shared by its G samples
-  original = voting.unshuffle(jnp.asarray(shown), jnp.asarray(row_perms))
-  mask = np.arange(n_max)[None, :] < num_responses[:, None]
-  ratings = np.repeat(ratings_array(items, n_max), group_size, axis=0)
-  rewards = rule_reward(original, jnp.asarray(np.where(mask, ratings, 0)), valid=jnp.asarray(valid),
-                        response_mask=jnp.asarray(mask))
-  return np.asarray(rewards, np.float32), valid
-
-
 def evaluate_heldout(model, tokenizer, items, options, batch_size: int, mesh) -> dict[str, float]:
   greedy = dataclasses.replace(options, temperature=0.0)
   grm = scorer.GRM(model, tokenizer, mesh=mesh, **dataclasses.asdict(greedy))
@@ -89,8 +69,7 @@ def evaluate_heldout(model, tokenizer, items, options, batch_size: int, mesh) ->
   for start in range(0, len(items), batch_size):
     chunk = items[start:start + batch_size]
     result = grm.score_batch(chunk, k=1)
-    n_max = result.voted.shape[1]
-    ratings = np.where(result.response_mask, ratings_array(chunk, n_max), 0)
+    ratings = reward.ratings_array(chunk, result.voted.shape[1])
     correct.extend(np.asarray(is_correct(result.voted, ratings, valid=result.valid[:, 0],
                                          response_mask=result.response_mask)))
     parsed.extend(result.valid[:, 0])
@@ -117,8 +96,9 @@ def run(config, workdir: str) -> dict:
   mesh = experiment.build_mesh(config)
   model, tokenizer = experiment.build_model(config.model, mesh)
   train_items, heldout = load_items(config.data)
-  options = grm_options(config, experiment.demonstrations(config.grm.num_demonstrations, config.grm.demo_seed,
-                                                         config.grm.template, start=2 * _HELDOUT_START))
+  options = grm_options(config, experiment.grm_demonstrations(
+      config.grm.num_demonstrations, config.grm.demo_seed, config.grm.template,
+      config.grm.get("single_template", "single_binary"), start=2 * _HELDOUT_START))
   grpo_cfg = GRPOConfig(**config.grpo)
   opt_cfg = OptimizerConfig(**config.optimizer)
   trainer = GRPOTrainer(model, grpo_cfg, opt_cfg, mesh=mesh)
@@ -134,7 +114,7 @@ def run(config, workdir: str) -> dict:
     log.info("resumed from %s at step %d", ckpt.directory, start)
   writer.truncate_after(start)
   eos_ids = (tokenizer.eos_id,) + ((tokenizer.end_of_turn_id,) if config.grm.chat_style == "gemma" else ())
-  stop = scorer.stop_after_scores(tokenizer) if options.stop_after_scores else None
+  stop = scorer.stop_after_scores(tokenizer, options.output_prefix) if options.stop_after_scores else None
   preemption = _Preemption()
   zero_signal_steps, summary = 0, {}
   bar = tqdm(range(start, config.total_steps), initial=start, total=config.total_steps, desc="grpo",
@@ -149,7 +129,8 @@ def run(config, workdir: str) -> dict:
                                    eos_ids=eos_ids, pad_id=tokenizer.pad_id, stop=stop)
       texts = [options.output_prefix + tokenizer.decode([t for t in row[:n] if t not in eos_ids])
                for row, n in zip(out.tokens, out.lengths)]
-      rewards, valid = score_rollouts(texts, items, perms, grpo_cfg.group_size, options.template)
+      rewards, valid = reward.rollout_rewards(texts, items, perms, grpo_cfg.group_size,
+                                              scorer.item_templates(items, options))
       log.info("step %d sample (reward %+.0f): %r", step + 1, rewards[0], texts[0][-400:])
       metrics = trainer.update(batch, rewards)
       if not (np.isfinite(metrics["loss"]) and metrics["params_finite"]):
