@@ -74,3 +74,12 @@ def constructed_case():
   behaviours = {"q0": right, "q1": first_wins, "q2": follows_hint, "q3": garbage, "q4": wrong, "q5": wrong,
                 "q6": right}
   return items, behaviours
+
+
+def larger_case():
+  """`constructed_case` plus five positional-bias items (n = 2 and 3): more kept records, spread over shards."""
+  items, behaviours = constructed_case()
+  more = [make_item(i, n=2 + i % 2) for i in range(7, 12)]
+  for item in more:
+    behaviours[item.query] = first_wins
+  return items + more, behaviours

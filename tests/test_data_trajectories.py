@@ -6,7 +6,7 @@ import os
 import pytest
 import tensorflow_datasets as tfds
 
-from scripted_grm import ScriptedGRM, constructed_case, make_item
+from scripted_grm import ScriptedGRM, larger_case
 from spct_jax import rft
 from spct_jax.data import readers, trajectories
 
@@ -14,11 +14,7 @@ NUM_SHARDS = 3
 
 
 def items_and_teacher():
-  items, behaviours = constructed_case()
-  more = [make_item(i, n=2 + i % 2) for i in range(7, 12)]  # positional-bias items spread over the shards
-  for item in more:
-    behaviours[item.query] = behaviours["q1"]
-  items += more
+  items, behaviours = larger_case()
   return items, ScriptedGRM(items, behaviours)
 
 
