@@ -150,3 +150,31 @@ def test_rules_and_errors():
     dataclasses.replace(t[0], kept=True, correct=False)
   with pytest.raises(ValueError, match="not one item's"):
     rft.stats_from_trajectories(t + t)
+
+
+def test_generate_batch_through_a_real_grm_and_sampler():
+  """The real GRM class on a tiny random model: one sampling call per phase, deterministic for a seed."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from hf_fixtures import toy_tokenizer_meta  # pylint: disable=g-import-not-at-top
+  from spct_jax.grm import GRM  # pylint: disable=g-import-not-at-top
+  from spct_jax.model.config import get_config  # pylint: disable=g-import-not-at-top
+  from spct_jax.model.transformer import Transformer  # pylint: disable=g-import-not-at-top
+  from spct_jax.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+
+  short = templates.GRMTemplate(name="short", preamble="Rate.", block_format="[{i}] {response}\n",
+                                single_block_format="[] {response}\n", output_format="\\boxed{a, b}",
+                                single_output_format="\\boxed{a}")
+  tokenizer = Tokenizer.from_gguf_metadata(toy_tokenizer_meta())
+  model = Transformer(get_config("tiny-gemma3", vocab_size=tokenizer.vocab_size, max_seq_len=512), rngs=nnx.Rngs(0))
+  grm = GRM(model, tokenizer, template=short, max_new_tokens=6, temperature=1.0, output_prefix="ab")
+  calls = []
+  generate = grm.generate_texts
+  grm.generate_texts = lambda prompts, strategy, seed: calls.append(len(prompts)) or generate(prompts, strategy, seed)
+  items = [make_item(i) for i in range(3)]
+  first, stats = rft.generate_batch(grm, items, n_rft=3, seed=4)
+  assert calls == [9, 3]  # random output never parses: every item is hinted, in one call
+  assert [t.sample_index for t in first] == [0, 1, 2, 3] * 3 and all(t.judgement.startswith("ab") for t in first)
+  assert sum(s.parse_failures for s in stats.values()) == 12
+  assert rft.generate_batch(grm, items, n_rft=3, seed=4) == (first, stats)
+  assert [t.judgement for t in rft.generate_batch(grm, items, n_rft=3, seed=5)[0]] != [t.judgement for t in first]
