@@ -11,9 +11,11 @@ Rules, per item (Eq. 10 decides "correct"; an unparseable trajectory is wrong):
     flagged `hinted`. n = 1 items have no response to name, so they are never hinted (our choice).
 With N_RFT = 1 every correct trajectory is "too easy": only hinted ones can be kept (the rule taken literally).
 
-The record (`Trajectory`) is the contract of /TRAJECTORIES.md; `spct_jax.data.trajectories` stores it as TFDS /
-ArrayRecord. Statistics are a function of the records (`stats_from_trajectories`), so the stats of a finished
-dataset, of one batch and of a resumed run are computed the same way. Pure Python + the GRM: no TensorFlow.
+Every sampled trajectory becomes one `Trajectory` record (kept or not, hinted or not), the contract between RFT
+generation, SFT (reads `kept`) and the meta RM (reads `not hinted`, both labels); `spct_jax.data.trajectories`
+stores the records as a TFDS / ArrayRecord dataset. Statistics are a function of the records
+(`stats_from_trajectories`), so one batch, a finished dataset and a resumed run are counted the same way.
+Pure Python + the GRM: no TensorFlow.
 """
 
 from __future__ import annotations
@@ -33,12 +35,23 @@ TOO_EASY, KEEP, NEEDS_HINT = "too_easy", "keep", "needs_hint"
 
 @dataclasses.dataclass(frozen=True)
 class Trajectory:
-  """One sampled GRM judgement of one item (the TFDS record; field meanings in TRAJECTORIES.md).
+  """One sampled GRM judgement of one item: the record of the trajectory dataset.
 
-  perm[p] is the original index of the response shown at position p; `scores` are in SHOWN order (zeros when
-  unparseable); `prompt` is what was sampled (hint and demonstrations included); `train_prompt` is what SFT
-  conditions on (same order, no hint, the training demonstrations) and ends with `output_prefix`, with which
-  `judgement` begins.
+  Attributes:
+    uid, source: the item's (`PreferenceItem.uid` / `.source`).
+    item_json: the whole item, `PreferenceItem.to_json()`, in its ORIGINAL response order.
+    n: number of responses.
+    sample_index: 0..N_RFT-1 for the non-hinted samples, N_RFT for the hinted one.
+    perm: int[n], perm[p] = original index of the response SHOWN at position p.
+    prompt: the exact text sampled from (demonstrations, hint and output prefix included).
+    train_prompt: what SFT conditions on: the same order, no hint, the training demonstrations, the prefix.
+    output_prefix: the text `train_prompt` ends with and `judgement` starts with.
+    judgement: the generated text, output prefix included (the meta RM's input; SFT's target is `target`).
+    scores: int[n] parsed scores in SHOWN order (zeros when unparseable).
+    valid: the scores parsed.
+    correct: Eq. 10 on the scores mapped back to the original order (n = 1: S_1 == label).
+    hinted: sampled with "The best response is: Response j".
+    kept: kept for SFT (correct, and the item not too easy).
   """
 
   uid: str

@@ -93,8 +93,8 @@ def test_converter_puts_the_loss_on_target_tokens_only(task, pack):
   raw = examples(name)
   # Room for about two examples per row.
   lengths = {"inputs": 2 * max(len(ex["inputs"]) for ex in raw), "targets": max(len(ex["targets"]) for ex in raw)}
-  ds = seqio.get_dataset(name, task_feature_lengths=lengths, feature_converter=sft_task.DecoderBatchConverter(pack=pack),
-                         shuffle=False, verbose=False)
+  ds = seqio.get_dataset(name, task_feature_lengths=lengths, shuffle=False, verbose=False,
+                         feature_converter=sft_task.DecoderBatchConverter(pack=pack))
   rows = list(ds.as_numpy_iterator())
   assert set(rows[0]) == set(sft_task.MODEL_KEYS)
   length = lengths["inputs"] + lengths["targets"] - 1

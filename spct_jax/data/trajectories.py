@@ -7,13 +7,13 @@ A dataset directory (`<workdir>/trajectories/`) holds
 and `tfds.builder_from_directory(dir).as_data_source("train")` reads it (ArrayRecord: random access; TFDS offers
 no `as_dataset` for this format). `read_trajectories` returns `rft.Trajectory` records.
 
-Work split: shard s holds the records of `items[s::num_shards]` of the run's item list
-(`readers.shard_for_process(items, s, num_shards)`), and process p writes the
-shards s with s % process_count == p. A shard is written under a temporary name in the same folder and renamed
-once closed, so it is either absent or complete: a killed run leaves no partial shard visible, and a re-run
-skips the complete ones. A shard's records depend only on its items and seeds (`rft.generate_shard`), and
-records are serialized deterministically (sorted proto map keys), so a resumed dataset equals an uninterrupted one
-file for file. num_shards bounds the work a kill loses and the records a process holds in memory.
+Work split: shard s holds the records of `items[s::num_shards]` of the run's item list (that is
+`readers.shard_for_process(items, s, num_shards)`), and process p writes the shards s with s % process_count == p.
+A shard is written under a temporary name in the same folder and renamed once closed, so it is either absent or
+complete: a killed run leaves no partial shard visible, and a re-run skips the complete ones. A shard's records
+depend only on its items and seeds (`rft.generate_shard`) and are serialized deterministically (sorted proto map
+keys), so a resumed dataset equals an uninterrupted one file for file. num_shards bounds the work a kill loses
+and the records a process holds in memory.
 """
 
 from __future__ import annotations
