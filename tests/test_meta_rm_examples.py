@@ -7,8 +7,26 @@ import pytest
 
 from spct_jax.data import meta_rm_examples as mx
 from spct_jax.data import synthetic
-from spct_jax.grm import templates
-from trajectory_standin import make_trajectory
+from spct_jax import rft
+from spct_jax.data.schema import PreferenceItem
+from spct_jax.grm import reward, templates
+
+
+def make_trajectory(item: PreferenceItem, perm, shown_scores, *, sample_index: int = 0, valid: bool = True,
+                    hinted: bool = False, judgement: str | None = None) -> rft.Trajectory:
+  """A trajectory of `item` that showed the responses in `perm` and gave `shown_scores` (shown order); `correct`
+  is Eq. 10 on the scores mapped back to the original order, as `rft.generate_batch` computes it."""
+  perm = tuple(int(i) for i in perm)
+  original = np.zeros(len(perm), np.int32)
+  original[list(perm)] = shown_scores
+  correct = valid and bool(reward.is_correct(original[None], np.asarray(item.ratings, np.float32)[None])[0])
+  if judgement is None:
+    judgement = "Specific Criteria: ...\nAnalysis: ...\nScores: \\boxed{" + ", ".join(map(str, shown_scores)) + "}"
+  return rft.Trajectory(uid=item.uid, source=item.source, item_json=item.to_json(), n=len(perm),
+                        sample_index=sample_index, perm=perm, prompt="", train_prompt="Specific Criteria:",
+                        output_prefix="Specific Criteria:", judgement=judgement,
+                        scores=tuple(int(s) for s in shown_scores), valid=valid, correct=correct, hinted=hinted,
+                        kept=correct and not hinted)
 
 
 def _items(n=6, seed=0):
@@ -43,9 +61,12 @@ def test_hinted_are_dropped_and_unparseable_are_negatives_unless_asked():
 
 def test_a_bad_perm_names_the_uid():
   item = _items(1)[0]
-  bad = dataclasses.replace(make_trajectory(item, (0, 1), [1, 2]), perm=(0, 0))
+  good = make_trajectory(item, (0, 1), [1, 2])
+  with pytest.raises(ValueError, match=item.uid):  # the record refuses it, and so does the example builder
+    dataclasses.replace(good, perm=(0, 0))
+  object.__setattr__(good, "perm", (0, 0))  # a record that bypassed validation
   with pytest.raises(ValueError, match=item.uid):
-    mx.example_from_trajectory(bad)
+    mx.example_from_trajectory(good)
 
 
 def _examples(num_items=10, per_item=4, seed=0):

@@ -93,13 +93,18 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def make_attention_mask(query_positions: jax.Array, key_positions: jax.Array, window: int | None) -> jax.Array:
-  """bool[B, T, S]: causal by position, key slot filled (position >= 0), and inside the window if any."""
+def make_attention_mask(query_positions: jax.Array, key_positions: jax.Array, window: int | None,
+                        query_segments: jax.Array | None = None, key_segments: jax.Array | None = None) -> jax.Array:
+  """bool[B, T, S]: causal by position, key slot filled (position >= 0), inside the window if any, and (packed
+  rows, segments int[B, T] / int[B, S]) in the query's segment. Positions restart per segment, so within one
+  segment position order is token order; across segments the segment test alone decides."""
   q = query_positions[:, :, None]
   k = key_positions[:, None, :]
   allowed = (k >= 0) & (k <= q)
   if window is not None:
     allowed &= q - k < window
+  if query_segments is not None:
+    allowed &= query_segments[:, :, None] == key_segments[:, None, :]
   return allowed
 
 
@@ -131,13 +136,14 @@ class Transformer(nnx.Module):
     return softcap(logits, self.cfg.final_logit_softcap)
 
   def hidden_states(self, tokens: jax.Array, positions: jax.Array | None = None,
-                    attention_mask: jax.Array | None = None) -> jax.Array:
+                    attention_mask: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
     """Runs embedding + blocks + final norm.
 
     Args:
       tokens: int32[B, T].
-      positions: int32[B, T]; default from the mask (left padding).
+      positions: int32[B, T]; default from the mask (left padding). Packed rows restart them per segment.
       attention_mask: [B, T], 1 for real tokens; default all ones.
+      segment_ids: int32[B, T] for packed rows: a token attends only to its own segment; None: one per row.
 
     Returns:
       hidden f32[B, T, D] after the final norm.
@@ -151,8 +157,8 @@ class Transformer(nnx.Module):
     key_positions = jnp.where(attention_mask, positions, -1).astype(jnp.int32)
 
     x = self.embedding[...][tokens].astype(jnp.float32) * math.sqrt(cfg.embed_dim)
-    masks = {"local": make_attention_mask(positions, key_positions, cfg.sliding_window),
-             "global": make_attention_mask(positions, key_positions, None)}
+    masks = {"local": make_attention_mask(positions, key_positions, cfg.sliding_window, segment_ids, segment_ids),
+             "global": make_attention_mask(positions, key_positions, None, segment_ids, segment_ids)}
     ropes = {"local": rope_tables(positions, cfg.head_dim, cfg.rope_local_base),
              "global": rope_tables(positions, cfg.head_dim, cfg.rope_global_base, cfg.rope_global_scale)}
     is_global = jnp.array([kind == "global" for kind in cfg.layer_kinds])

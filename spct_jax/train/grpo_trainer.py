@@ -25,7 +25,6 @@ from flax import nnx
 
 from spct_jax import grpo, logprobs, sampler, strategies
 from spct_jax import sharding as shd
-from spct_jax.train import losses
 from spct_jax.train.step import OptimizerConfig, TrainState, init_train_state, make_optimizer, make_train_step
 
 
@@ -105,16 +104,6 @@ def grpo_objective(cfg: GRPOConfig, *, mesh=None, rules=shd.DEFAULT_RULES):
     return grpo.grpo_loss(logps, batch.get("old_logps"), ref_logps, batch["advantages"], batch["completion_mask"],
                           epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta,
                           kl_estimator=cfg.kl_estimator, aggregation=cfg.aggregation)
-
-  return loss_fn
-
-
-def sft_objective(*, mesh=None, rules=shd.DEFAULT_RULES):
-  """Next-token cross-entropy on the completion tokens (RFT's SFT stage uses the same train step)."""
-
-  def loss_fn(model, _, batch):
-    logps = completion_logps(model, batch, mesh=mesh, rules=rules)
-    return losses.token_cross_entropy(logps, batch["completion_mask"])
 
   return loss_fn
 
