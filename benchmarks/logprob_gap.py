@@ -11,7 +11,7 @@ same tokens are scored by
 under each setting, and the table gives mean / 99th percentile / max of |difference| over the real completion
 tokens, and the share beyond log(1.2) (the PPO clip range: an importance ratio outside [1/1.2, 1.2]).
 
-  python benchmarks/logprob_gap.py          # ~10 min on 2 busy cores
+  python benchmarks/logprob_gap.py          # ~50 min on 2 cores at load 12-20 (the run in docs/DESIGN.md)
 """
 
 from __future__ import annotations
