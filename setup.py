@@ -23,6 +23,7 @@ setuptools.setup(
         "optax>=0.2.5",
         "orbax-checkpoint>=0.11.20",
         "numpy>=1.26",
+        "ml-dtypes>=0.5",  # bfloat16 numpy arrays (weights I/O); imported directly, not only through jax
         "ml-collections>=1.0",
         "absl-py>=2.1",
         "sentencepiece>=0.2.0",
@@ -41,8 +42,9 @@ setuptools.setup(
     extras_require={
         # The CPU-only TensorFlow wheel (seqio's tensorflow-text needs a TensorFlow; this one is smaller).
         "data": ["tensorflow-cpu>=2.16; platform_machine=='x86_64'"],
+        # requirements.lock pins all of these (CI installs from it); tests/test_ci.py holds the two in agreement.
         "test": [
-            "pytest>=8", "pytest-xdist>=3.5",
+            "pytest>=8", "pytest-xdist>=3.5", "packaging>=24",
             # Numerical reference only (HF parity tests). 2.13.0 is the CPU wheel on the project's machines.
             "torch==2.13.0", "transformers>=5.0",
         ],

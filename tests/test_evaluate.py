@@ -120,6 +120,7 @@ def test_stratified_slice_spans_categories_and_is_seeded():
   assert all(lengths[c.uid] <= 25 for c in chosen) and too_long > 0
 
 
+@pytest.mark.slow  # two full evaluation runs
 def test_run_smoke_writes_results_and_plot(tmp_path):
   config = _get_config("smoke")
   config.progress = False

@@ -72,6 +72,7 @@ def test_unknown_override_key_lists_valid_keys():
   assert "unknown config key config.grpo.bogus" in message and "'group_size'" in message
 
 
+@pytest.mark.slow  # the whole loop in-process on 8 devices with the 262k vocabulary
 def test_non_finite_loss_stops_before_a_bad_checkpoint(tmp_path):
   import runpy
 

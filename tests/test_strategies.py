@@ -1,4 +1,4 @@
-"""Tests for spct_jax.strategies: argmax ties, top-k / top-p filters and the exact categorical draw."""
+"""Tests for spct_jax.strategies: argmax ties, top-k / top-p filters, top-k draws and the exact categorical draw."""
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +23,35 @@ def test_filters_match_numpy():
     probs /= probs.sum()
     keep = order[: int(np.searchsorted(np.cumsum(probs), 0.6) + 1)]
     assert set(np.flatnonzero(np.isfinite(out))) == set(keep)
-  top3 = np.asarray(strategies.Sampling(1.0, top_k=3).filter_logits(logits))
-  assert (np.isfinite(top3).sum(-1) == 3).all()
+
+
+def test_top_k_keeps_exactly_the_k_largest_logits_scaled_by_the_temperature():
+  logits = np.random.default_rng(1).normal(size=(4, 300)).astype(np.float32)
+  for k in (1, 3, 17):
+    filtered = np.asarray(strategies.Sampling(0.8, top_k=k).filter_logits(jnp.asarray(logits)))
+    for row, out in zip(logits, filtered):
+      largest = np.argsort(-row)[:k]
+      assert set(np.flatnonzero(np.isfinite(out))) == set(largest)
+      np.testing.assert_allclose(out[largest], row[largest] / 0.8, rtol=1e-6)
+
+
+def test_top_k_draws_follow_the_renormalised_top_k_distribution():
+  """Frequencies of 100k seeded draws against softmax over the 4 largest logits / T (~4 standard errors)."""
+  logits = jnp.asarray(np.random.default_rng(2).normal(size=(1, 40)) * 2, jnp.float32)
+  strategy = strategies.Sampling(0.7, top_k=4)
+  log_z = strategies.log_normalizer(logits)
+  keys = jax.random.split(jax.random.key(1), 100_000)
+  tokens, logps = jax.jit(jax.vmap(lambda key: strategy.sample(key, logits, log_z)))(keys)
+  tokens, logps = np.asarray(tokens)[:, 0], np.asarray(logps)[:, 0]
+  row = np.asarray(logits[0]) / 0.7
+  top = np.argsort(-row)[:4]
+  expected = np.zeros(40)
+  expected[top] = np.exp(row[top] - row[top].max()) / np.exp(row[top] - row[top].max()).sum()
+  freq = np.bincount(tokens, minlength=40) / len(keys)
+  assert set(np.flatnonzero(freq)) <= set(top)
+  np.testing.assert_allclose(freq, expected, atol=4 * np.sqrt(expected.max() * (1 - expected.max()) / len(keys)))
+  # Each draw's log-prob is that of the renormalised distribution.
+  np.testing.assert_allclose(logps, np.log(expected[tokens]), atol=1e-5)
 
 
 def test_sample_categorical_draws_from_the_distribution_and_never_zero_probability_tokens():

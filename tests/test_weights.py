@@ -174,7 +174,6 @@ def test_hf_config_variants():
 
 @pytest.fixture
 def hf_folder(tmp_path):
-  pytest.importorskip("transformers")
   from hf_fixtures import write_tiny_hf
   return write_tiny_hf(tmp_path / "hf", "gemma3")
 
