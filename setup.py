@@ -25,6 +25,7 @@ setuptools.setup(
         "numpy>=1.26",
         "ml-dtypes>=0.5",  # bfloat16 numpy arrays (weights I/O); imported directly, not only through jax
         "ml-collections>=1.0",
+        "etils>=1.5",  # epath: workdirs and data roots that may be gs:// paths
         "absl-py>=2.1",
         "sentencepiece>=0.2.0",
         "gguf>=0.17",
