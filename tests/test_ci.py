@@ -120,7 +120,8 @@ def test_setup_requirements_are_locked_at_versions_they_admit(group):
 
 def _third_party_imports(folder: pathlib.Path) -> list[str]:
   """Top-level modules imported anywhere in folder's .py files (lazy imports too), minus the stdlib and ours."""
-  local = {"spct_jax", "conftest", "hf_fixtures", "common", "gpu_common"}
+  # Ours: the package and the helper modules that sit beside the tests and benchmarks.
+  local = {"spct_jax"} | {p.stem for d in ("tests", "benchmarks") for p in (REPO / d).glob("*.py")}
   imported = set()
   for path in folder.rglob("*.py"):
     for node in ast.walk(ast.parse(path.read_text())):
