@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spct_jax import sampler, strategies
+from spct_jax import multihost, sampler, strategies
 from spct_jax.grm import parsing, templates, voting
 
 # (conversation, responses) or any object with .conversation and .responses (data.PreferenceItem).
@@ -179,7 +179,7 @@ class GRM:
     else:
       meta_scores = np.asarray(meta_scorer(items, texts_2d), np.float32)
       k_meta = opts.k_meta if opts.k_meta is not None else max(1, k // 2)
-    voted, original, kept = jax.device_get(_vote(shown, perms, valid, meta_scores, k_meta))
+    voted, original, kept = multihost.to_host(_vote(shown, perms, valid, meta_scores, k_meta))
     return GRMResult(voted=voted, sample_scores=original, valid=valid, perms=perms, texts=texts_2d,
                      errors=[errors[b * k:(b + 1) * k] for b in range(batch)], response_mask=response_mask,
                      kept=kept)
@@ -190,7 +190,7 @@ class GRM:
     out, *_ = sampler.sample_from_tokens(
         self.model, encoded, max_new_tokens=self.options.max_new_tokens, strategy=strategy, seed=seed,
         eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_id, mesh=self.mesh, stop=self.stop_condition)
-    out = jax.device_get(out)
+    out = multihost.to_host(out)
     return [self._decode(row, n) for row, n in zip(out.tokens, out.lengths)]
 
   @functools.cached_property
