@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 
 import jax
+
+from spct_jax import files
 
 
 class MetricsWriter:
@@ -17,7 +18,7 @@ class MetricsWriter:
   """
 
   def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True):
-    self.path = pathlib.Path(workdir) / "metrics.jsonl"
+    self.path = files.as_path(workdir) / "metrics.jsonl"
     self.enabled = jax.process_index() == 0
     self._tb = None
     if self.enabled:
@@ -30,9 +31,7 @@ class MetricsWriter:
     if not self.enabled or not self.path.exists():
       return
     kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    tmp = self.path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(self.path)
+    files.write_lines(kept, self.path)
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:
@@ -50,5 +49,5 @@ class MetricsWriter:
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
-  path = pathlib.Path(workdir) / "metrics.jsonl"
+  path = files.as_path(workdir) / "metrics.jsonl"
   return [json.loads(line) for line in path.read_text().splitlines() if line]
