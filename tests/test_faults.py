@@ -98,14 +98,27 @@ def test_stale_lock_file_of_a_dead_pid_is_taken_over(tmp_path, caplog):
     ("grm.temperature", 0.0, "a number > 0.0"),
     ("optimizer.schedule", "linear", "one of ['constant', 'cosine']"),
     ("data.kinds", ("algebra",), "a non-empty tuple of names from"),
+    ("evals.heldout.every", -1, "an integer >= 0"),
 ])
 def test_invalid_grpo_values_name_key_value_and_rule(key, value, allowed):
   config = _config()
   parent, _, leaf = key.rpartition(".")
   (config[parent] if parent else config)[leaf] = value
   with pytest.raises(validation.ConfigError, match="invalid config") as err:
-    validation.check(config, grpo.RULES)
+    validation.check(config, grpo.RULES + validation.evals(config))
   assert f"config.{key}={value!r}; expected {allowed}" in str(err.value)
+
+
+def test_invalid_eval_values_fail_before_the_model_loads(tmp_path):
+  from spct_jax.experiments import eval as eval_experiment
+
+  config = _config("eval.py")
+  config.evals.voting.ks, config.data.sampling = (0, 2), "random"
+  with pytest.raises(validation.ConfigError) as err:
+    eval_experiment.run(config, tmp_path / "run")
+  assert "config.evals.voting.ks=(0, 2); expected a tuple of integers >= 1" in str(err.value)
+  assert "config.data.sampling='random'; expected one of ['stratified', 'uniform']" in str(err.value)
+  assert not (tmp_path / "run").exists()
 
 
 def test_every_problem_is_reported_at_once_and_missing_keys_too():

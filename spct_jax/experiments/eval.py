@@ -42,7 +42,7 @@ RULES = (
     v.number("grm.top_p", 0.0, strict=True, maximum=1.0, optional=True),
     v.one_of("grm.chat_style", ("raw", "gemma")), v.boolean("grm.stop_after_scores"),
     v.integer("grm.num_distinct_orders", 1),
-    v.int_tuple("evals.voting.ks", 1), v.boolean("evals.voting.greedy"), v.integer("evals.voting.batch_size", 1),
+    *v.voting_eval("evals.voting"),
     v.Rule("evals.voting", lambda e: bool(e.ks) or bool(e.greedy), "greedy=True or a non-empty ks (else nothing "
            "is evaluated)"),
     v.string("output.results"), v.string("output.plot"), v.string("output.samples"),

@@ -116,7 +116,7 @@ class GRPOBody:
 
 
 def run(config, workdir) -> dict:
-  validation.check(config, RULES)
+  validation.check(config, RULES + validation.evals(config))
   specs = {name: evaluators_lib.spec_from_config(spec, name) for name, spec in config.evals.items()}
   if config.data.eval_items == 0 and any(spec.every for spec in specs.values()):
     raise validation.ConfigError("config.data.eval_items=0 leaves no held-out items for config.evals "

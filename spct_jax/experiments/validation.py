@@ -120,3 +120,16 @@ def int_or_range(key: str, minimum: int, maximum: int) -> Rule:
             and minimum <= v[0] <= v[1] <= maximum)
 
   return Rule(key, ok, f"an integer in [{minimum}, {maximum}] or a (low, high) pair of them, e.g. (2, 4)")
+
+
+def voting_eval(prefix: str) -> tuple[Rule, ...]:
+  """Rules of one voting-evaluator entry (`config.evals.<name>`, `spct_jax.evaluators.voting.VotingSpec`)."""
+  return (one_of(f"{prefix}.type", ("voting",)), integer(f"{prefix}.every", 0), boolean(f"{prefix}.greedy"),
+          int_tuple(f"{prefix}.ks", 1), number(f"{prefix}.temperature", 0.0, optional=True),
+          boolean(f"{prefix}.nested_k"), integer(f"{prefix}.batch_size", 1))
+
+
+def evals(config) -> tuple[Rule, ...]:
+  """Rules of every entry of `config.evals` (all are voting evaluators today)."""
+  entries = config.get("evals") or {}
+  return tuple(rule for name in entries.keys() for rule in voting_eval(f"evals.{name}"))
