@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from spct_jax import sampler
+from spct_jax import files, sampler
 from spct_jax import sharding as shd
 from spct_jax.grm import scorer, templates, voting
 from spct_jax.model.transformer import Transformer
@@ -135,11 +135,10 @@ def save_meta_rm(model: MetaRM, folder: str | os.PathLike, *, tokenizer=None) ->
   """Writes backbone + head + config into `folder` atomically (complete or absent); replaces an existing one."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top  Deferred like weights.orbax_io.
 
-  from spct_jax.weights.cache import atomic_folder  # pylint: disable=g-import-not-at-top
   from spct_jax.weights.orbax_io import save_model  # pylint: disable=g-import-not-at-top
 
   head = {name: np.asarray(jax.device_get(getattr(model.head, name)[...])) for name in ("weight", "bias")}
-  with atomic_folder(folder) as tmp:
+  with files.atomic_path(folder, folder=True) as tmp:
     save_model(model.backbone, model.cfg, tmp, tokenizer=tokenizer)
     with ocp.PyTreeCheckpointer() as ckptr:
       ckptr.save(tmp / HEAD_DIR, head)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from spct_jax import metrics_io
+from spct_jax import files
 
-PANELS = (("accuracy_expected", "paper rule (random tie-break, expected)"), ("strict", "strict rule (ties wrong)"))
+PANELS = (("accuracy_tie_expected", "paper rule (random tie-break, expected)"),
+          ("accuracy_strict", "strict rule, Eq. 10 (ties wrong)"))
 
 
 def plot_accuracy_vs_k(datasets: dict[str, Any], path: str | os.PathLike, *, title: str = ""):
@@ -56,7 +57,7 @@ def plot_accuracy_vs_k(datasets: dict[str, Any], path: str | os.PathLike, *, tit
     fig.suptitle(title, fontsize=11)
   fig.tight_layout()
   try:
-    with metrics_io.atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with files.atomic_write(path, "wb") as f:
       fig.savefig(f, format="png", dpi=110)
   finally:
     plt.close(fig)

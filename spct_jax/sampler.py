@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from spct_jax import multihost
 from spct_jax.kernels import cpu_matvec
 from spct_jax.model import decoding
 from spct_jax.model.config import ModelConfig
@@ -278,7 +279,7 @@ def generate(model: Transformer, tokenizer, prompts: Sequence[str], *, max_new_t
       model, encoded, max_new_tokens=max_new_tokens, num_samples=num_samples,
       strategy=strategy_for(temperature, top_k, top_p), seed=seed, eos_ids=eos_ids, pad_id=tokenizer.pad_id,
       mesh=mesh)
-  out = jax.device_get(out)
+  out = multihost.to_host(out)
   texts = [tokenizer.decode([t for t in row[:n] if t not in eos_ids]) for row, n in zip(out.tokens, out.lengths)]
   return GenerationResult(texts=texts, tokens=out.tokens, logps=out.logps, model_logps=out.model_logps,
                           lengths=out.lengths, done=out.done, prompt_tokens=prompt_tokens, prompt_mask=prompt_mask,

@@ -16,6 +16,11 @@ Storage (full disk) and caches
   - a checkpoint that cannot fit is refused before anything is written; a write that fails on a real full disk
     is one OSError line (no orbax tracebacks, no "Event loop is closed" flood); a metrics write names the file;
   - a damaged cached tokenizer is rebuilt from the GGUF with a warning naming the file (as cached weights are).
+Runs (spct_jax/experiments/, spct_jax/train/loop.py)
+  - a second run on a locked workdir fails at once naming the holder; a lock left by a killed run is taken over;
+  - invalid config values fail before the model loads, naming key, value and rule (all problems at once);
+  - items longer than the context (a 10 MB row included) are skipped and counted per source; item-level errors
+    name the item; the NaN stop says which of loss and weights is non-finite.
 """
 
 import glob
@@ -24,9 +29,13 @@ import json
 import logging
 import os
 import pathlib
+import runpy
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections import namedtuple
 
 import jax
@@ -37,10 +46,137 @@ import pytest
 
 from spct_jax import checkpoint_storage
 from spct_jax.checkpoint import Checkpointer, DamagedCheckpointError
-from spct_jax.data import readers
+from spct_jax.data import readers, schema
+from spct_jax.experiments import common, grpo, validation, workdir
+from spct_jax.train import loop
 from spct_jax.train.metrics import MetricsWriter, read_metrics
+from test_train_loop import LinearBody
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+HOLD = ("import sys, time; from spct_jax.experiments import workdir\n"
+        "with workdir.locked(sys.argv[1]):\n  print('locked', flush=True); time.sleep(120)\n")
+
+
+def _config(name="grpo.py", arg="smoke"):
+  return runpy.run_path(str(REPO / "configs" / name))["get_config"](arg)
+
+
+def _env():
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  env.pop("XLA_FLAGS", None)
+  return env
+
+
+def _hold_lock(path):
+  proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], cwd=REPO, env=_env(), stdout=subprocess.PIPE)
+  assert proc.stdout.readline().decode().strip() == "locked"
+  return proc
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Workdir lock.
+
+
+def test_second_run_on_a_locked_workdir_fails_at_once_naming_the_holder(tmp_path):
+  holder = _hold_lock(tmp_path)
+  try:
+    start = time.time()
+    result = subprocess.run([sys.executable, "-m", "spct_jax.main", "--config=configs/eval.py:smoke",
+                             f"--workdir={tmp_path}"], cwd=REPO, env=_env(), capture_output=True, timeout=300)
+    message = result.stderr.decode()
+    assert result.returncode != 0
+    assert f"in use by pid {holder.pid} on host {socket.gethostname()}" in message, message[-2000:]
+    assert "Traceback" not in message and time.time() - start < 120  # before any model is built
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.lock"]  # nothing written by the second run
+  finally:
+    holder.kill()
+    holder.wait()
+
+
+def test_lock_of_a_killed_run_is_taken_over_with_a_warning(tmp_path, caplog):
+  holder = _hold_lock(tmp_path)
+  holder.send_signal(signal.SIGKILL)
+  holder.wait()
+  assert json.loads((tmp_path / "run.lock").read_text())["pid"] == holder.pid  # left behind
+  with caplog.at_level(logging.WARNING), workdir.locked(tmp_path):
+    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+    with pytest.raises(workdir.WorkdirLocked, match=f"pid {os.getpid()}"):  # this process cannot take it twice
+      with workdir.locked(tmp_path):
+        pass
+  assert f"taking over the lock left by pid {holder.pid}" in caplog.text
+  assert not (tmp_path / "run.lock").exists()
+
+
+def test_stale_lock_file_of_a_dead_pid_is_taken_over(tmp_path, caplog):
+  gone = subprocess.Popen(["true"])
+  gone.wait()
+  (tmp_path / "run.lock").write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname()}))
+  with caplog.at_level(logging.WARNING), workdir.locked(tmp_path) as path:
+    assert path == tmp_path
+  assert f"pid {gone.pid}" in caplog.text and "taking over" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Config validation (before any model is loaded).
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("checkpoint.every", 0, "an integer >= 1"),
+    ("batch_size", 0, "an integer >= 1"),
+    ("total_steps", -3, "an integer >= 1"),
+    ("grpo.group_size", 1, "an integer >= 2 (G = 1 gives every rollout advantage 0"),
+    ("data.num_responses", ("abc",), "an integer in [1, 4] or a (low, high) pair"),
+    ("grm.temperature", 0.0, "a number > 0.0"),
+    ("optimizer.schedule", "linear", "one of ['constant', 'cosine']"),
+    ("data.kinds", ("algebra",), "a non-empty tuple of names from"),
+    ("evals.heldout.every", -1, "an integer >= 0"),
+])
+def test_invalid_grpo_values_name_key_value_and_rule(key, value, allowed):
+  config = _config()
+  parent, _, leaf = key.rpartition(".")
+  (config[parent] if parent else config)[leaf] = value
+  with pytest.raises(validation.ConfigError, match="invalid config") as err:
+    validation.check(config, grpo.RULES + validation.evals(config))
+  assert f"config.{key}={value!r}; expected {allowed}" in str(err.value)
+
+
+def test_invalid_eval_values_fail_before_the_model_loads(tmp_path):
+  from spct_jax.experiments import eval as eval_experiment
+
+  config = _config("eval.py")
+  config.evals.voting.ks, config.data.sampling = (0, 2), "random"
+  with pytest.raises(validation.ConfigError) as err:
+    eval_experiment.run(config, tmp_path / "run")
+  assert "config.evals.voting.ks=(0, 2); expected a tuple of integers >= 1" in str(err.value)
+  assert "config.data.sampling='random'; expected one of ['stratified', 'uniform']" in str(err.value)
+  assert not (tmp_path / "run").exists()
+
+
+def test_every_problem_is_reported_at_once_and_missing_keys_too():
+  config = _config()
+  config.batch_size, config.checkpoint.every = 0, 0
+  del config.grpo["beta"]
+  with pytest.raises(validation.ConfigError) as err:
+    validation.check(config, grpo.RULES)
+  message = str(err.value)
+  assert "config.batch_size=0" in message and "config.checkpoint.every=0" in message
+  assert "config.grpo.beta is missing; expected a number >= 0.0" in message
+  validation.check(_config(), grpo.RULES)  # the shipped configs pass
+  validation.check(_config(arg=None), grpo.RULES)
+
+
+def test_invalid_value_on_the_command_line_is_one_clear_line(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "spct_jax.main", "--config", "configs/grpo.py:smoke",
+                           f"--workdir={tmp_path / 'run'}", "--config.data.num_responses=abc"],
+                          cwd=REPO, env=_env(), capture_output=True, timeout=300)
+  message = result.stderr.decode()
+  assert result.returncode == 1 and "Traceback" not in message
+  assert "config.data.num_responses=('abc',); expected an integer in [1, 4]" in message
+  assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Items longer than the context.
 
 
 # ---- checkpoints: verification and fallback (issue 12 items 4, 5) ------------------------------------------------
@@ -334,25 +470,90 @@ def test_damaged_cached_tokenizer_is_rebuilt(tmp_path, monkeypatch, caplog):
 # ---- end to end: a GRPO run resumes past a damaged checkpoint and a torn metrics line ----------------------------
 @pytest.mark.slow
 def test_grpo_resumes_past_damage_with_identical_metrics(tmp_path, caplog):
-  import runpy
-
-  from spct_jax.train import grpo_loop
-
-  config = runpy.run_path(str(REPO / "configs" / "grpo.py"))["get_config"]("smoke")
-  config.total_steps, config.eval_every, config.grm.num_demonstrations = 3, 0, 0
-  config.grpo.max_new_tokens, config.checkpoint.async_save = 4, False
+  config = _config()
+  config.total_steps, config.evals.heldout.every = 3, 0
+  config.grm.max_new_tokens, config.checkpoint.async_save = 4, False
   config.optimizer.learning_rate = 3e-2
-  grpo_loop.run(config, str(tmp_path))
+  grpo.run(config, tmp_path)
   straight = read_metrics(tmp_path)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "3"]
   _overwrite_4k(str(tmp_path / "checkpoints" / "3"))
   metrics = tmp_path / "metrics.jsonl"
   metrics.write_text(metrics.read_text()[:-25])  # the line of step 3 torn
   with caplog.at_level(logging.WARNING):
-    grpo_loop.run(config, str(tmp_path))
+    grpo.run(config, tmp_path)
   assert "checkpoint step 3" in caplog.text and "resumed from checkpoint step 2" in caplog.text
   timing = {"step_time_s", "tokens_per_s"}
   strip = lambda lines: [{k: v for k, v in line.items() if k not in timing} for line in lines]
   assert strip(read_metrics(tmp_path)) == strip(straight)
   assert os.listdir(tmp_path / "checkpoints" / "quarantine") == ["3"]
 
+
+# ---- runs: items, item errors, the NaN stop ------------------------------------------------------------------
+def _item(i, response, source="mine"):
+  return schema.PreferenceItem(conversation=(("user", f"What is {i} + {i}?"),), responses=(response, f"{2 * i + 1}"),
+                               ratings=(1.0, 0.0), category="sums", source=source, uid=f"mine.jsonl:{i}")
+
+
+def test_too_long_items_are_skipped_and_counted_per_source(tmp_path):
+  """Training items and held-out items that do not fit are skipped before training, counted in the metrics and
+  the log; a 10 MB held-out row costs nothing (no tokenization) and does not stop the run."""
+  n, eval_items = 12, 3
+  order = np.random.default_rng(0).permutation(n)  # the split train_and_heldout draws with data.seed = 0
+  items = [_item(i, f"{2 * i}") for i in range(n)]
+  items[order[0]] = _item(int(order[0]), "x" * 10_000_000)  # held out: a 10 MB row
+  items[order[5]] = _item(int(order[5]), "word " * 3000)  # training: ~3k tokens > 2048
+  readers.write_jsonl(items, tmp_path / "data" / "mine.jsonl")
+  config = _config()
+  config.mesh, config.total_steps, config.batch_size = None, 1, 2
+  config.data.name, config.data.root, config.data.num_items, config.data.eval_items = "mine.jsonl", str(
+      tmp_path / "data"), 0, eval_items
+  config.evals.heldout.every, config.grm.max_new_tokens, config.checkpoint.async_save = 1, 4, False
+  start = time.time()
+  summary = grpo.run(config, tmp_path / "run")
+  (line,) = read_metrics(tmp_path / "run")
+  assert line["train_items"] == n - eval_items - 1 and line["skipped_too_long/mine"] == 1
+  assert line["heldout/items"] == eval_items - 1 and line["heldout/skipped_too_long"] == 1
+  assert "heldout/greedy/accuracy_strict" in line and summary["step"] == 1
+  assert time.time() - start < 600
+
+
+def test_item_level_errors_name_the_item():
+  from spct_jax.evaluators import voting
+  from spct_jax.grm.scorer import GRMOptions
+
+  class Failing(voting.MeasuredGRM):
+    def generate_texts(self, prompts, strategy, seed):
+      raise ValueError("prompt 0 has 9999 tokens")
+
+  grm = Failing(None, None, **vars(GRMOptions()))
+  with pytest.raises(ValueError, match=r"scoring items \['mine.jsonl:3'\]: prompt 0 has 9999 tokens"):
+    voting.score_items(grm, [_item(3, "6")], k=1, batch_size=4, seed=0)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Non-finite loss or weights: the message says which.
+
+
+class Faulty(LinearBody):
+  def __init__(self, fault, at):
+    super().__init__()
+    self.fault, self.at = fault, at
+
+  def __call__(self, step):
+    metrics = super().__call__(step)
+    if step + 1 == self.at:
+      metrics.update(self.fault)
+    return metrics
+
+
+@pytest.mark.parametrize("fault, says", [
+    ({"loss": float("nan")}, "non-finite loss nan at step 2"),
+    ({"params_finite": 0.0}, "non-finite weights at step 2"),
+    ({"loss": float("inf"), "params_finite": 0.0}, "non-finite loss inf and weights at step 2"),
+])
+def test_nan_stop_says_which_of_loss_and_weights(tmp_path, fault, says):
+  config = loop.LoopConfig(total_steps=4, checkpoint_every=1, async_save=False)
+  with pytest.raises(FloatingPointError, match=f"^{says}; no checkpoint written for it \\(last good: 1\\)$"):
+    loop.train(Faulty(fault, at=2), workdir=tmp_path, config=config)
+  assert [line["step"] for line in read_metrics(tmp_path)] == [1]

@@ -2,11 +2,12 @@
 
 import re
 
+import ml_collections
 import numpy as np
 import pytest
 
-from spct_jax import experiment
 from spct_jax.data import schema
+from spct_jax.experiments import common
 from spct_jax.grm import GRM, GRMOptions, is_correct, reward, scorer, templates
 from spct_jax.grm.scorer import _vote
 
@@ -142,14 +143,15 @@ def test_each_item_gets_its_template_demonstrations_and_score_range_in_a_mixed_b
 
 def test_single_binary_demonstrations_render_as_single_items():
   # Before: demonstrations were always n = 2 renders, which the 0/1 template rejected ("score 2 outside [0, 1]").
-  demos = experiment.grm_demonstrations(2, seed=1, template="default", single_template="single_binary")
+  grm_cfg = lambda single: ml_collections.ConfigDict(dict(num_demonstrations=2, demo_seed=1, template="default",
+                                                          single_template=single))
+  demos = common.demonstrations(grm_cfg("single_binary"))
   assert len(demos["demonstrations"]) == len(demos["single_demonstrations"]) == 2
   for demo in demos["single_demonstrations"]:
     assert "The score is 0 or 1" in demo and "[The Begin of Response]" in demo
     assert demo.rstrip().endswith(("\\boxed{0}", "\\boxed{1}"))
   assert all("[The Begin of Response 2]" in d for d in demos["demonstrations"])
-  assert experiment.grm_demonstrations(1, seed=1, template="default", single_template=None)[
-      "single_demonstrations"] == ()
+  assert common.demonstrations(grm_cfg(None))["single_demonstrations"] == ()
 
 
 def test_template_options_are_validated_per_item():

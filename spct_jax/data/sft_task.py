@@ -36,7 +36,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from spct_jax import metrics_io
+from spct_jax import files
 from spct_jax.data import trajectories
 from spct_jax.tokenizer import Tokenizer
 from spct_jax.weights.cache import cache_dir
@@ -52,7 +52,7 @@ def vocabulary_file(tokenizer: Tokenizer) -> Path:
   data = tokenizer.serialized_model
   path = cache_dir() / "tokenizers" / f"{hashlib.sha256(data).hexdigest()[:24]}.model"
   if not path.is_file():
-    with metrics_io.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
       Path(tmp).write_bytes(data)
   return path
 

@@ -29,7 +29,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 
-from spct_jax import metrics_io, rft
+from spct_jax import files, rft
 
 DATASET_NAME = "rft_trajectories"
 SPLIT = "train"
@@ -107,7 +107,7 @@ class TrajectoryWriter:
   def _check_fingerprint(self, fingerprint: Any) -> None:
     path = self.directory / RUN_FILE
     if not path.is_file():
-      metrics_io.write_json(fingerprint, path)  # every process writes the same content: the race is harmless
+      files.write_json(fingerprint, path)  # every process writes the same content: the race is harmless
     stored = json.loads(path.read_text())
     if stored != json.loads(json.dumps(fingerprint)):
       raise ValueError(f"{path} belongs to another run: {stored} != {fingerprint}; use a fresh directory")
@@ -133,7 +133,7 @@ class TrajectoryWriter:
       raise FileExistsError(f"shard {shard} is already complete: {path}")
     for stale in self.directory.glob(f".{path.name}.*.tmp"):  # left by a killed run; this shard is ours alone
       stale.unlink()
-    with metrics_io.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
       writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")  # TFDS's option: one record per chunk
       try:
         for t in trajectories:
@@ -159,7 +159,7 @@ class TrajectoryWriter:
       records += shard
     stats = rft.stats_from_trajectories(records)
     if stats_path is not None:
-      metrics_io.write_json(rft.stats_to_json(stats), stats_path)
+      files.write_json(rft.stats_to_json(stats), stats_path)
     info = tfds.core.DatasetInfo(
         builder=tfds.core.DatasetIdentity(name=DATASET_NAME, version=tfds.core.Version(VERSION),
                                           data_dir=os.fspath(self.directory), module_name=""),

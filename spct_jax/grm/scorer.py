@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spct_jax import sampler, strategies
+from spct_jax import multihost, sampler, strategies
 from spct_jax.grm import parsing, templates, voting
 
 # (conversation, responses) or any object with .conversation and .responses (data.PreferenceItem); an object with
@@ -262,7 +262,7 @@ class GRM:
       score_meta = meta_rm_lib.resolve_scorer(meta_rm, self.tokenizer, mesh=self.mesh)
       meta_scores = np.asarray(score_meta(items, texts_2d, perms), np.float32)
       k_meta = meta_rm_lib.default_k_meta(k, k_meta if k_meta is not None else opts.k_meta)
-    voted, original, kept = jax.device_get(_vote(shown, perms, valid, meta_scores, k_meta))
+    voted, original, kept = multihost.to_host(_vote(shown, perms, valid, meta_scores, k_meta))
     return GRMResult(voted=voted, sample_scores=original, valid=valid, perms=perms, texts=texts_2d,
                      errors=[errors[b * k:(b + 1) * k] for b in range(batch)], response_mask=response_mask,
                      kept=kept, templates=names)
@@ -273,7 +273,7 @@ class GRM:
     out, *_ = sampler.sample_from_tokens(
         self.model, encoded, max_new_tokens=self.options.max_new_tokens, strategy=strategy, seed=seed,
         eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_id, mesh=self.mesh, stop=self.stop_condition)
-    out = jax.device_get(out)
+    out = multihost.to_host(out)
     return [self._decode(row, n) for row, n in zip(out.tokens, out.lengths)]
 
   @functools.cached_property

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from spct_jax import grpo, logprobs, sampler, strategies
+from spct_jax import grpo, logprobs, multihost, sampler, strategies
 from spct_jax import sharding as shd
 from spct_jax.train.step import OptimizerConfig, TrainState, init_train_state, make_optimizer, make_train_step
 
@@ -134,7 +134,7 @@ class GRPOTrainer:
         self.model, prompts, max_new_tokens=cfg.max_new_tokens, num_samples=cfg.group_size,
         strategy=strategies.strategy_for(cfg.temperature, cfg.top_k, cfg.top_p), seed=seed, eos_ids=eos_ids,
         pad_id=pad_id, stop=stop, mesh=self.mesh)
-    out = jax.device_get(out)
+    out = multihost.to_host(out)
     return assemble_batch(prompt_tokens, prompt_mask, row_source, out), out
 
   def update(self, batch: dict[str, np.ndarray], rewards: np.ndarray) -> dict[str, float]:
@@ -148,7 +148,7 @@ class GRPOTrainer:
     metrics = {}
     for _ in range(cfg.num_iterations):
       metrics = self._step(self.state, self.ref_state, batch)
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    metrics = {k: float(v) for k, v in multihost.to_host(metrics).items()}
     groups = np.asarray(rewards).reshape(-1, cfg.group_size)
     metrics.update(reward_mean=float(np.mean(rewards)),
                    nonzero_advantage_groups=float(np.mean(groups.max(axis=1) > groups.min(axis=1))),

@@ -11,14 +11,15 @@ import contextlib
 import json
 import logging
 import os
-import pathlib
 
 import jax
+
+from spct_jax import files
 
 log = logging.getLogger(__name__)
 
 
-def _records(path: pathlib.Path) -> list[tuple[str, dict]]:
+def _records(path: files.PathLike) -> list[tuple[str, dict]]:
   """(line text, record) per non-blank line of a metrics file; see the module docstring for damaged lines."""
   lines = path.read_bytes().split(b"\n")
   out = []
@@ -49,7 +50,7 @@ class MetricsWriter:
   """
 
   def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True):
-    self.path = pathlib.Path(workdir) / "metrics.jsonl"
+    self.path = files.as_path(workdir) / "metrics.jsonl"
     self.enabled = jax.process_index() == 0
     self._tb = None
     if self.enabled:
@@ -67,9 +68,7 @@ class MetricsWriter:
     if not self.enabled or not self.path.exists():
       return
     kept = [line for line, record in _records(self.path) if record["step"] <= step]
-    tmp = self.path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(self.path)
+    files.write_lines(kept, self.path)
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     """Appends the step's line; OSError (e.g. a full disk) names the file and step."""
@@ -103,4 +102,4 @@ class MetricsWriter:
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
   """The records of `workdir/metrics.jsonl` (a torn last line dropped with a warning; see the module docstring)."""
-  return [record for _, record in _records(pathlib.Path(workdir) / "metrics.jsonl")]
+  return [record for _, record in _records(files.as_path(workdir) / "metrics.jsonl")]

@@ -1,12 +1,13 @@
-"""Evaluation metrics from GRM votes, their per-category aggregation, atomic file writes and the text table.
+"""Held-out metrics from GRM votes, their per-category aggregation and the text table.
 
-Per item (`item_metrics`), from voted scores [B, n] and ground-truth ratings:
-  accuracy           the paper's rule: argmax of the votes with ties broken at random (`voting.accuracy`).
-  accuracy_expected  its expectation over tie-breaks (1/#tied maxima when the best is among them): less noisy.
-  strict             Eq. 10 on the votes: the best must beat every other response (ties are wrong). For RMB
-                     best-of-N this IS the benchmark's protocol (the best must outscore every loser).
-  parse_failure      fraction of the item's k samples whose scores did not parse.
-  no_valid           no sample parsed (all votes 0: a full tie, so accuracy is chance and strict is 0).
+Per item (`item_metrics`), from voted scores [B, n] and ground-truth ratings; the same names in results.json,
+metrics.jsonl and the README:
+  accuracy_strict        Eq. 10 on the votes: the best must beat every other response (a tie is wrong). For RMB
+                         best-of-N this IS the benchmark's protocol (the best must outscore every loser).
+  accuracy_tie_random    the paper's evaluation rule: argmax of the votes, ties broken at random.
+  accuracy_tie_expected  its expectation over tie-breaks (1/#tied maxima when the best is among them): less noisy.
+  parse_rate             fraction of the item's k samples whose scores parsed.
+  no_valid               no sample parsed (all votes 0: a full tie, so tie_random is chance and strict is 0).
   gen_tokens, gen_chars  mean generated length over the k samples.
 `aggregate` averages these over items ("overall"), over categories ("macro") and per category / subset.
 Single-response items (n = 1) are judged by their voted label (`voting.voted_label`: the mean of the valid samples'
@@ -19,20 +20,20 @@ mean of the four cells (the RMB leaderboard's overall number), beside the per-da
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import numpy as np
 
+from spct_jax import multihost
 from spct_jax.grm import voting
 
-METRICS = ("accuracy", "accuracy_expected", "strict", "parse_failure", "no_valid", "gen_tokens", "gen_chars")
+METRICS = ("accuracy_strict", "accuracy_tie_random", "accuracy_tie_expected", "parse_rate", "no_valid", "gen_tokens",
+           "gen_chars")
+# The three every evaluation reports (periodic held-out evaluation logs exactly these per run).
+HEADLINE = ("accuracy_strict", "accuracy_tie_random", "parse_rate")
 
 
 def prefix_vote(sample_scores: np.ndarray, valid: np.ndarray, k: int) -> np.ndarray:
@@ -40,7 +41,7 @@ def prefix_vote(sample_scores: np.ndarray, valid: np.ndarray, k: int) -> np.ndar
   if not 1 <= k <= sample_scores.shape[1]:
     raise ValueError(f"k={k} outside [1, {sample_scores.shape[1]}] samples")
   vote = jax.vmap(voting.vote)(sample_scores[:, :k], valid[:, :k])
-  return np.asarray(jax.device_get(vote))
+  return np.asarray(multihost.to_host(vote))
 
 
 def item_metrics(voted: np.ndarray, ratings: np.ndarray, response_mask: np.ndarray, valid: np.ndarray,
@@ -57,14 +58,14 @@ def item_metrics(voted: np.ndarray, ratings: np.ndarray, response_mask: np.ndarr
     gen_tokens, gen_chars: [B, k] generated lengths; None: reported as NaN.
   """
   valid = np.asarray(valid, bool)
-  acc = jax.device_get(voting.accuracy(voted, ratings, num_votes=valid.sum(axis=1), response_mask=response_mask,
-                                       key=key))
+  acc = multihost.to_host(voting.accuracy(voted, ratings, num_votes=valid.sum(axis=1),
+                                          response_mask=response_mask, key=key))
   nan = np.full(valid.shape, np.nan)
   return {
-      "accuracy": np.asarray(acc["tie_random"], np.float64),
-      "accuracy_expected": np.asarray(acc["tie_expected"], np.float64),
-      "strict": np.asarray(acc["strict"], np.float64),
-      "parse_failure": 1.0 - valid.mean(axis=1),
+      "accuracy_strict": np.asarray(acc["strict"], np.float64),
+      "accuracy_tie_random": np.asarray(acc["tie_random"], np.float64),
+      "accuracy_tie_expected": np.asarray(acc["tie_expected"], np.float64),
+      "parse_rate": valid.mean(axis=1),
       "no_valid": (~valid.any(axis=1)).astype(np.float64),
       "gen_tokens": np.asarray(nan if gen_tokens is None else gen_tokens, np.float64).mean(axis=1),
       "gen_chars": np.asarray(nan if gen_chars is None else gen_chars, np.float64).mean(axis=1),
@@ -80,7 +81,7 @@ def _mean(values: np.ndarray) -> float | None:
 
 def summarize(per_item: dict[str, np.ndarray], rows: np.ndarray | slice = slice(None)) -> dict[str, Any]:
   """Means of every metric over `rows`, plus the item count."""
-  out: dict[str, Any] = {"items": int(np.asarray(per_item["accuracy"])[rows].size)}
+  out: dict[str, Any] = {"items": int(np.asarray(per_item["accuracy_strict"])[rows].size)}
   out.update({name: _mean(np.asarray(per_item[name])[rows]) for name in METRICS})
   return out
 
@@ -109,8 +110,8 @@ RMB_SETS = (("pairwise", "rmb_pairwise"), ("bon", "rmb_bon"))
 RMB_GOALS = ("Helpfulness", "Harmlessness")
 
 
-def rmb_summary(datasets: dict[str, Any], *, pairwise_metric: str = "accuracy",
-                bon_metric: str = "strict") -> dict[str, dict[str, float | None]]:
+def rmb_summary(datasets: dict[str, Any], *, pairwise_metric: str = "accuracy_tie_random",
+                bon_metric: str = "accuracy_strict") -> dict[str, dict[str, float | None]]:
   """RMB's four cells and their mean, per run, from evaluated datasets (`{name: {"runs": {run: aggregate()}}}`).
 
   Args:
@@ -137,41 +138,6 @@ def rmb_summary(datasets: dict[str, Any], *, pairwise_metric: str = "accuracy",
   return out
 
 
-# ------------------------------------------------------------------------------------------------------------
-# Atomic writes: a temporary file in the target folder, then rename (a reader never sees a partial file).
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-  """Yields a temporary path next to `path`; renames it onto `path` on success, deletes it on error."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  os.close(fd)
-  try:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are meant to be shared like any other file.
-    yield tmp
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.unlink(tmp)
-    raise
-
-
-def write_json(obj: Any, path: str | os.PathLike):
-  with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1, ensure_ascii=False, allow_nan=False)
-    f.write("\n")
-
-
-def write_jsonl(records: Sequence[dict], path: str | os.PathLike):
-  with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-    for record in records:
-      f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
-
-
 def jsonable(value: Any) -> Any:
   """numpy scalars / arrays and tuples -> plain JSON types (NaN -> None)."""
   if isinstance(value, dict):
@@ -196,19 +162,20 @@ def _pct(value: float | None) -> str:
 
 
 def format_table(datasets: dict[str, Any]) -> str:
-  """One row per (dataset, run): accuracy (paper rule), expected, strict, macro, parse failures, length."""
-  header = (f"{'dataset':<14} {'run':<8} {'items':>5} {'acc':>5} {'exp':>5} {'strict':>6} {'macro':>5} "
+  """One row per (dataset, run): strict, tie-random, tie-expected, macro, parse rate, length."""
+  header = (f"{'dataset':<14} {'run':<8} {'items':>5} {'strict':>6} {'random':>6} {'exp':>5} {'macro':>5} "
             f"{'parse%':>6} {'len':>6}")
   lines = [header, "-" * len(header)]
   for name, info in datasets.items():
     for run_name, run in info["runs"].items():
       o, m = run["overall"], run["macro"]
       length = "     -" if o["gen_tokens"] is None else f"{o['gen_tokens']:6.1f}"
-      lines.append(f"{name:<14} {run_name:<8} {o['items']:>5} {_pct(o['accuracy'])} "
-                   f"{_pct(o['accuracy_expected'])} {_pct(o['strict']):>6} {_pct(m['accuracy_expected'])} "
-                   f"{_pct(o['parse_failure']):>6} {length}")
-  lines.append("acc: paper rule (random tie-break); exp: its expectation over tie-breaks; strict: ties wrong "
-               "(the RMB best-of-N protocol); macro: exp averaged over categories; len: generated tokens.")
+      lines.append(f"{name:<14} {run_name:<8} {o['items']:>5} {_pct(o['accuracy_strict']):>6} "
+                   f"{_pct(o['accuracy_tie_random']):>6} {_pct(o['accuracy_tie_expected'])} "
+                   f"{_pct(m['accuracy_tie_expected'])} {_pct(o['parse_rate']):>6} {length}")
+  lines.append("strict: Eq. 10, a tie with the best is wrong (accuracy_strict; the RMB best-of-N protocol); random: "
+               "the paper's rule, ties broken at random (accuracy_tie_random); exp: its expectation over tie-breaks; "
+               "macro: exp averaged over categories; len: generated tokens.")
   return "\n".join(lines)
 
 
