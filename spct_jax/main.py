@@ -43,7 +43,8 @@ def main(argv):
   del argv
   from spct_jax import sharding  # pylint: disable=g-import-not-at-top
   sharding.maybe_initialize_distributed(force=os.environ.get("SPCT_DISTRIBUTED") == "1")
-  from spct_jax.experiments import EXPERIMENTS, common, validation, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from spct_jax.experiments import EXPERIMENTS, common, validation, workdir as workdir_lib
 
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "jax._src", "orbax", "tensorflow"):

@@ -79,8 +79,8 @@ def test_non_finite_weights_stop_before_a_bad_checkpoint(tmp_path):
   # forward overflows (loss nan) and its update leaves inf weights. The message names both.
   config.optimizer.learning_rate, config.optimizer.weight_decay, config.optimizer.grad_clip_norm = 1e38, 1.0, None
   config.optimizer.warmup_steps = 0
-  with pytest.raises(FloatingPointError, match=r"non-finite loss nan and weights at step 2; no checkpoint written for it "
-                                               r"\(last good: 1\)"):
+  says = r"non-finite loss nan and weights at step 2; no checkpoint written for it \(last good: 1\)"
+  with pytest.raises(FloatingPointError, match=says):
     grpo.run(config, tmp_path)
   assert checkpoint.Checkpointer(tmp_path / "checkpoints").latest_step() == 1
   assert [line["step"] for line in _metrics(tmp_path)] == [1]
