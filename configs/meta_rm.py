@@ -1,7 +1,7 @@
 """The meta RM (spec sec. 5): a scalar head on the Gemma backbone, BCE on Eq. 10-labelled GRM trajectories.
 
-  python -m spct_jax.main --config=configs/meta_rm.py                    # Gemma 3 270M backbone, rft_generate's trajectories
-  python -m spct_jax.main --config=configs/meta_rm.py:smoke              # tiny random model, scripted samples: seconds (CI)
+  python -m spct_jax.main --config=configs/meta_rm.py          # Gemma 3 270M backbone, rft_generate's trajectories
+  python -m spct_jax.main --config=configs/meta_rm.py:smoke    # tiny random model, scripted samples: seconds (CI)
   python -m spct_jax.main --config=configs/meta_rm.py --config.fresh.grm=runs/rft/grm --config.fresh.num_items=64
   python -m spct_jax.main --config=configs/meta_rm.py:full --config.model.name=runs/rft/grm
 
@@ -45,7 +45,7 @@ def get_config(arg: str | None = None):
 
   c.fresh = common.ml_collections.ConfigDict()  # spct_jax.experiments.fresh_samples
   c.fresh.grm = ""                 # "" = off; the trained GRM (a model folder); "synthetic" = the scripted judge
-  c.fresh.num_items = 64               # training items sampled (0 = all)
+  c.fresh.num_items = 64           # training items sampled (0 = all)
   c.fresh.k = 4                    # samples per item
   c.fresh.batch_size = 4           # items per sampling call
   c.fresh.num_shards = 4

@@ -3,7 +3,7 @@
 `config.fresh` (read here only):
   grm          "" (off), a model name / path (the trained GRM, loaded with config.model's dtypes and max_seq_len),
                or "synthetic" (`data.synthetic_judge.SyntheticJudge`: scripted worked judgements, smoke runs)
-  num_items    training items to sample (the first `items` of the training split; 0 = all)
+  num_items    training items to sample (the first num_items of the training split; 0 = all)
   k            samples per item (each in its own response order, like voting's)
   batch_size   items per sampling call
   num_shards   work shards (a kill loses at most one shard's work)
