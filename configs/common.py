@@ -139,3 +139,14 @@ def voting_eval(**overrides) -> ml_collections.ConfigDict:
   e.batch_size = 8  # items per kernel call (rows = batch_size * k)
   e.update(overrides)
   return e
+
+
+def binary_eval(**overrides) -> ml_collections.ConfigDict:
+  """One `config.evals.<name>` entry of the meta RM's held-out evaluator (spct_jax.evaluators.binary.BinarySpec)."""
+  e = ml_collections.ConfigDict()
+  e.type = "binary"
+  e.every = 0  # every N steps and at the last step (0 = never)
+  e.batch_size = 32  # rows per scoring forward
+  e.num_bins = 10  # equal-width bins of the expected calibration error
+  e.update(overrides)
+  return e
