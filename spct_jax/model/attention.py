@@ -1,0 +1,407 @@
+"""Attention under a mask defined by positions, in four implementations chosen by `ModelConfig.attention_impl`.
+
+Query t at position p sees the key slot s holding position k iff 0 <= k <= p and p - k < window (k = -1: an empty
+cache slot or padding; no window on global layers). Every implementation computes that function of
+(q, keys, values, positions); they differ in memory and speed:
+- "dense": the f32 scores [B, K, G, T, S], their softmax and the [B, T, S] mask. The reference (tests), O(T*S).
+- "blockwise": query blocks x key blocks with an online softmax (running max, sum and weighted values per query
+  row); a custom VJP recomputes each block's probabilities from the saved log-sum-exp, so the forward and the
+  backward hold one [B, K, G*bq, bk] block at a time: O(T) memory. A query block visits only the key blocks that
+  some query of the block could see (decided from the positions of the whole batch: causality, the sliding window,
+  empty slots), so local layers cost O(T * window) and the empty tail of a prefill cache costs nothing. Portable
+  XLA; the CPU path and the fallback everywhere.
+- "cudnn" (GPU) / "pallas" (TPU, splash attention): fused flash kernels. They apply only where the keys are the
+  queries' own sequence with default positions (`self_layout`), the case of training and scoring rows: the real
+  tokens are gathered to the front of each row, the kernel runs causal (or local) attention with the padding
+  masked by lengths / segment ids, and the rows are scattered back.
+- "auto": cudnn on GPUs and pallas on TPUs where they apply, blockwise otherwise; the choice and the reason are
+  logged once per distinct case.
+Query rows that see no key at all (only possible for garbage rows: padding of an empty sequence) get an output
+that is finite but implementation-specific.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MASKED = -1e30  # finite, so a query row that sees nothing in a block gives no NaN
+NO_WINDOW = 1 << 30  # the window of global layers: larger than any position difference
+_FAR = 1 << 29  # stands in for +-infinity in the block bounds (differences stay inside int32)
+
+log = logging.getLogger(__name__)
+_LOGGED: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+  if message not in _LOGGED:
+    _LOGGED.add(message)
+    log.info(message)
+
+
+def softcap(x: jax.Array, cap: float | None) -> jax.Array:
+  return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+def visible(query_positions: jax.Array, key_positions: jax.Array, window: int | jax.Array | None) -> jax.Array:
+  """bool[B, T, S]: key filled (position >= 0), causal by position, and inside the window if any."""
+  q = query_positions[:, :, None]
+  k = key_positions[:, None, :]
+  allowed = (k >= 0) & (k <= q)
+  if window is not None:
+    allowed &= q - k < window
+  return allowed
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """Static parameters of one attention call (from the model config)."""
+
+  block_q: int
+  block_k: int
+  softcap: float | None
+  dtype: np.dtype  # of the q.k and p.v matmul inputs (accumulation is f32)
+
+  @classmethod
+  def of(cls, cfg) -> Spec:
+    dtype = jnp.float32 if cfg.float32_attention else cfg.compute_jnp_dtype
+    return cls(cfg.attention_block_q, cfg.attention_block_k, cfg.attn_logit_softcap, np.dtype(dtype))
+
+
+def _einsum(equation: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
+  precision = jax.lax.Precision.HIGHEST if dtype == np.float32 else None
+  return jnp.einsum(equation, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32,
+                    precision=precision)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dispatch.
+
+
+def attend(cfg, q: jax.Array, keys: jax.Array, values: jax.Array, query_positions: jax.Array,
+           key_positions: jax.Array, *, local: bool | jax.Array, self_layout: bool = False) -> jax.Array:
+  """GQA attention of `cfg.attention_impl`.
+
+  Args:
+    cfg: the model config (heads, window, soft-cap, dtypes, implementation, block sizes).
+    q: f32[B, T, N, H] queries, already scaled.
+    keys, values: [B, K, S, H].
+    query_positions: int32[B, T]; key_positions: int32[B, S], -1 = no key in that slot.
+    local: the layer's sliding window applies (a Python bool, or a traced bool[] inside the layer scan).
+    self_layout: keys are the queries' own sequence (S == T) with default positions (`default_positions` of the
+      mask): the only case the fused kernels take.
+
+  Returns:
+    f32[B, T, N, H].
+  """
+  spec = Spec.of(cfg)
+  impl = resolve_impl(cfg, q.shape[1], keys.shape[2], self_layout=self_layout)
+  if impl in ("dense", "blockwise"):
+    window = jnp.where(local, cfg.sliding_window, NO_WINDOW).astype(jnp.int32)
+    fn = dense if impl == "dense" else blockwise
+    return fn(spec, q, keys, values, query_positions, key_positions, window)
+  kernel = functools.partial(cudnn if impl == "cudnn" else pallas, spec, q, keys, values, key_positions)
+  if isinstance(local, bool):
+    return kernel(window=cfg.sliding_window if local else None)
+  return jax.lax.cond(local, lambda: kernel(window=cfg.sliding_window), lambda: kernel(window=None))
+
+
+def resolve_impl(cfg, query_length: int, key_length: int, *, self_layout: bool, backend: str | None = None) -> str:
+  """The implementation a call runs: `cfg.attention_impl`, with "auto" resolved for `backend` (default: JAX's).
+
+  An explicit "cudnn" / "pallas" that cannot take the call is an error; "auto" falls back to blockwise and logs why.
+  """
+  requested = cfg.attention_impl
+  backend = backend or jax.default_backend()
+  if requested in ("dense", "blockwise"):
+    return requested
+  kernel = requested if requested != "auto" else {"gpu": "cudnn", "tpu": "pallas"}.get(backend)
+  if kernel is None:
+    _log_once(f"attention_impl='auto' on {backend}: blockwise")
+    return "blockwise"
+  reason = kernel_unsupported(cfg, kernel, query_length, key_length, self_layout=self_layout, backend=backend)
+  if reason is None:
+    _log_once(f"attention_impl={requested!r} on {backend}: {kernel} (T={query_length})")
+    return kernel
+  if requested != "auto":
+    raise ValueError(f"attention_impl={requested!r} cannot run this call: {reason}")
+  _log_once(f"attention_impl='auto' on {backend}: blockwise, since {kernel} does not apply ({reason})")
+  return "blockwise"
+
+
+def kernel_unsupported(cfg, kernel: str, query_length: int, key_length: int, *, self_layout: bool,
+                       backend: str) -> str | None:
+  """Why the fused `kernel` cannot take a call (None: it can)."""
+  if not self_layout or query_length != key_length:
+    return "keys are not the queries' own sequence (a KV cache or a shared prompt)"
+  if kernel == "cudnn":
+    if backend != "gpu":
+      return f"cudnn needs a GPU (backend {backend})"
+    if cfg.attn_logit_softcap is not None:
+      return "cuDNN flash attention has no logit soft-cap"
+    if Spec.of(cfg).dtype not in (np.dtype(jnp.bfloat16), np.dtype(jnp.float16)):
+      return "cuDNN flash attention needs bf16/fp16 inputs (set float32_attention=False, compute_dtype='bfloat16')"
+    if cfg.head_dim % 8 or cfg.head_dim > 256:
+      return f"head_dim={cfg.head_dim} (cuDNN: a multiple of 8, at most 256)"
+    return None
+  if backend != "tpu" and backend != "cpu":  # the CPU runs the kernel in interpret mode (tests)
+    return f"pallas splash attention needs a TPU (backend {backend})"
+  if cfg.head_dim % 128 or query_length % 128:
+    return f"head_dim={cfg.head_dim} and length {query_length} must be multiples of 128 for splash attention"
+  return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dense reference.
+
+
+def dense(spec: Spec, q: jax.Array, keys: jax.Array, values: jax.Array, query_positions: jax.Array,
+          key_positions: jax.Array, window: jax.Array) -> jax.Array:
+  """The full score matrix: q f32[B, T, N, H], keys/values [B, K, S, H] -> f32[B, T, N, H]."""
+  b, t, n, hd = q.shape
+  q = q.reshape(b, t, keys.shape[1], -1, hd)
+  scores = softcap(_einsum("btkgh,bksh->bkgts", q, keys, spec.dtype), spec.softcap)
+  mask = visible(query_positions, key_positions, window)
+  probs = jax.nn.softmax(jnp.where(mask[:, None, None], scores, MASKED), axis=-1)
+  # (XLA:CPU has no bf16 dot writing [B, T, K, G, H] straight from these operands: transpose after.)
+  out = _einsum("bkgts,bksh->bkgth", probs, values, spec.dtype)
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, hd)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Blockwise online softmax with a recomputing backward.
+
+
+def blockwise(spec: Spec, q: jax.Array, keys: jax.Array, values: jax.Array, query_positions: jax.Array,
+              key_positions: jax.Array, window: jax.Array) -> jax.Array:
+  """`dense`'s function in O(T) memory (forward and backward): q f32[B, T, N, H] -> f32[B, T, N, H]."""
+  b, t, n, hd = q.shape
+  grouped = q.reshape(b, t, keys.shape[1], -1, hd).transpose(0, 2, 1, 3, 4)  # [B, K, T, G, H]
+  out = _flash(grouped, keys, values, query_positions.astype(jnp.int32), key_positions.astype(jnp.int32), window,
+               spec)
+  return out.transpose(0, 2, 1, 3, 4).reshape(b, t, n, hd)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tiling:
+  """Blocks of a length-`length` axis: `count` blocks of `size`; the last starts at length - size (it overlaps
+  its predecessor when size does not divide length, and its overlapped rows are `fresh`-masked where counting
+  them twice would be wrong)."""
+
+  length: int
+  size: int
+
+  @property
+  def count(self) -> int:
+    return -(-self.length // self.size)
+
+  def start(self, i: jax.Array) -> jax.Array:
+    return jnp.minimum(i * self.size, self.length - self.size)
+
+  def fresh(self, i: jax.Array) -> jax.Array:
+    """bool[size]: rows of block i not already covered by block i - 1."""
+    return self.start(i) + jnp.arange(self.size) >= i * self.size
+
+  def indices(self) -> np.ndarray:
+    """int[count, size]: the rows of every block."""
+    starts = np.minimum(np.arange(self.count) * self.size, self.length - self.size)
+    return starts[:, None] + np.arange(self.size)
+
+
+def _visited(tq: _Tiling, tk: _Tiling, query_positions, key_positions, window) -> jax.Array:
+  """bool[nq, nk]: some query of block i may see some key of block j, in some row (a conservative test on the
+  blocks' position bounds: it never drops a visible pair)."""
+  qp = query_positions[:, tq.indices()]  # [B, nq, bq]
+  kp = key_positions[:, tk.indices()]  # [B, nk, bk]
+  q_max, q_min = qp.max(-1)[:, :, None], qp.min(-1)[:, :, None]
+  filled = kp >= 0
+  k_min = jnp.where(filled, kp, _FAR).min(-1)[:, None, :]
+  k_max = jnp.where(filled, kp, -_FAR).max(-1)[:, None, :]
+  return jnp.any((k_min <= q_max) & (q_min - k_max < window), axis=0)
+
+
+def _ranges(visit: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """First and one-past-last visited column of each row of bool[n, m] (0, 0 for a row with none)."""
+  m = visit.shape[1]
+  seen = visit.any(-1)
+  lo = jnp.argmax(visit, axis=-1)
+  hi = m - jnp.argmax(visit[:, ::-1], axis=-1)
+  return jnp.where(seen, lo, 0), jnp.where(seen, hi, 0)
+
+
+def _block_scores(spec: Spec, qi, kj, qpi, kpj, window, rows_ok):
+  """Scores of one block: q rows [B, K, bq*G, H] x keys [B, K, bk, H] -> (masked f32[B, K, bq*G, bk], the soft-capped
+  scores before masking, the mask). rows_ok: bool[bq] or None, extra per-query-row mask (backward only)."""
+  b, _, rows, _ = qi.shape
+  bq = qpi.shape[1]
+  capped = softcap(_einsum("bkqh,bksh->bkqs", qi, kj, spec.dtype), spec.softcap)
+  allowed = visible(qpi, kpj, window)  # [B, bq, bk]
+  if rows_ok is not None:
+    allowed &= rows_ok[None, :, None]
+  allowed = jnp.broadcast_to(allowed[:, None, :, None, :], (b, 1, bq, rows // bq, kpj.shape[1]))
+  allowed = allowed.reshape(b, 1, rows, -1)
+  return jnp.where(allowed, capped, MASKED), capped, allowed
+
+
+def _slice(x, start, size, axis):
+  return jax.lax.dynamic_slice_in_dim(x, start, size, axis)
+
+
+def _flash_forward(q, k, v, q_pos, k_pos, window, spec: Spec):
+  """q [B, K, T, G, H], k/v [B, K, S, H] -> (out f32[B, K, T, G, H], log-sum-exp f32[B, K, T, G])."""
+  b, kh, t, g, hd = q.shape
+  tq, tk = _Tiling(t, min(spec.block_q, t)), _Tiling(k.shape[2], min(spec.block_k, k.shape[2]))
+  bq, bk = tq.size, tk.size
+  lo, hi = _ranges(_visited(tq, tk, q_pos, k_pos, window))
+  kj_fresh = lambda j: tk.fresh(j)[None, None, :]  # keys of an overlapping last block counted once
+
+  def query_block(i, carry):
+    out, lse = carry
+    start = tq.start(i)
+    qi = _slice(q, start, bq, 2).reshape(b, kh, bq * g, hd)
+    qpi = _slice(q_pos, start, bq, 1)
+
+    def key_block(j, state):
+      m, l, acc = state
+      ks = tk.start(j)
+      kpj = jnp.where(kj_fresh(j)[0], _slice(k_pos, ks, bk, 1), -1)
+      scores, _, _ = _block_scores(spec, qi, _slice(k, ks, bk, 2), qpi, kpj, window, None)
+      m_new = jnp.maximum(m, scores.max(-1))
+      p = jnp.exp(scores - m_new[..., None])
+      alpha = jnp.exp(m - m_new)
+      acc = alpha[..., None] * acc + _einsum("bkqs,bksh->bkqh", p, _slice(v, ks, bk, 2), spec.dtype)
+      return m_new, alpha * l + p.sum(-1), acc
+
+    init = (jnp.full((b, kh, bq * g), -jnp.inf), jnp.zeros((b, kh, bq * g)), jnp.zeros((b, kh, bq * g, hd)))
+    m, l, acc = jax.lax.fori_loop(lo[i], hi[i], key_block, init)
+    seen = l > 0
+    safe_l = jnp.where(seen, l, 1.0)
+    oi = jnp.where(seen[..., None], acc / safe_l[..., None], 0.0).reshape(b, kh, bq, g, hd)
+    lse_i = jnp.where(seen, m + jnp.log(safe_l), jnp.inf).reshape(b, kh, bq, g)
+    # An overlapping last block recomputes rows of its predecessor with the same keys: writing them again is safe.
+    return (jax.lax.dynamic_update_slice_in_dim(out, oi, start, 2),
+            jax.lax.dynamic_update_slice_in_dim(lse, lse_i, start, 2))
+
+  init = (jnp.zeros((b, kh, t, g, hd)), jnp.zeros((b, kh, t, g)))
+  return jax.lax.fori_loop(0, tq.count, query_block, init)
+
+
+def _flash_backward(spec: Spec, residuals, d_out):
+  """Gradients w.r.t. q, k, v: one pass over key blocks, each over the query blocks that visited it."""
+  q, k, v, q_pos, k_pos, window, out, lse = residuals
+  b, kh, t, g, hd = q.shape
+  tq, tk = _Tiling(t, min(spec.block_q, t)), _Tiling(k.shape[2], min(spec.block_k, k.shape[2]))
+  bq, bk = tq.size, tk.size
+  lo, hi = _ranges(_visited(tq, tk, q_pos, k_pos, window).T)
+  delta = jnp.sum(d_out * out, axis=-1)  # [B, K, T, G]: rowsum(dO * O) = sum_s P dP
+
+  def key_block(j, carry):
+    dq, dk, dv = carry
+    ks = tk.start(j)
+    kj, vj = _slice(k, ks, bk, 2), _slice(v, ks, bk, 2)
+    kpj = jnp.where(tk.fresh(j), _slice(k_pos, ks, bk, 1), -1)
+
+    def query_block(i, state):
+      dq, dkj, dvj = state
+      start = tq.start(i)
+      rows = lambda x: _slice(x, start, bq, 2).reshape(b, kh, bq * g, *x.shape[4:])
+      qi, doi, lse_i, delta_i = rows(q), rows(d_out), rows(lse), rows(delta)
+      scores, capped, allowed = _block_scores(spec, qi, kj, _slice(q_pos, start, bq, 1), kpj, window, tq.fresh(i))
+      p = jnp.where(allowed, jnp.exp(scores - lse_i[..., None]), 0.0)
+      dvj = dvj + _einsum("bkqs,bkqh->bksh", p, doi, spec.dtype)
+      ds = p * (_einsum("bkqh,bksh->bkqs", doi, vj, spec.dtype) - delta_i[..., None])
+      if spec.softcap is not None:
+        ds = ds * (1 - jnp.square(capped / spec.softcap))
+      dqi = _einsum("bkqs,bksh->bkqh", ds, kj, spec.dtype).reshape(b, kh, bq, g, hd)
+      dq = jax.lax.dynamic_update_slice_in_dim(dq, _slice(dq, start, bq, 2) + dqi, start, 2)
+      return dq, dkj + _einsum("bkqs,bkqh->bksh", ds, qi, spec.dtype), dvj
+
+    zeros = jnp.zeros((b, kh, bk, hd))
+    dq, dkj, dvj = jax.lax.fori_loop(lo[j], hi[j], query_block, (dq, zeros, zeros))
+    add = lambda buf, block: jax.lax.dynamic_update_slice_in_dim(buf, _slice(buf, ks, bk, 2) + block, ks, 2)
+    return dq, add(dk, dkj), add(dv, dvj)
+
+  zeros_kv = jnp.zeros(k.shape, jnp.float32)
+  dq, dk, dv = jax.lax.fori_loop(0, tk.count, key_block, (jnp.zeros(q.shape, jnp.float32), zeros_kv, zeros_kv))
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _flash(q, k, v, q_pos, k_pos, window, spec):
+  return _flash_forward(q, k, v, q_pos, k_pos, window, spec)[0]
+
+
+def _flash_fwd(q, k, v, q_pos, k_pos, window, spec):
+  out, lse = _flash_forward(q, k, v, q_pos, k_pos, window, spec)
+  return out, (q, k, v, q_pos, k_pos, window, out, lse)
+
+
+_flash.defvjp(_flash_fwd, _flash_backward)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fused kernels (self layout: keys are the queries' own sequence).
+
+
+def _compaction(key_positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Per row, the order that puts the real tokens first (in position order, then the padding), its inverse and
+  the real-token count: int32[B, T], int32[B, T], int32[B]. With default positions, index = position afterwards."""
+  t = key_positions.shape[1]
+  filled = key_positions >= 0
+  order = jnp.argsort(jnp.where(filled, key_positions, t + jnp.arange(t)), axis=1)
+  return order, jnp.argsort(order, axis=1), filled.sum(axis=1).astype(jnp.int32)
+
+
+def _take_rows(x: jax.Array, order: jax.Array, axis: int) -> jax.Array:
+  shape = [1] * x.ndim
+  shape[0], shape[axis] = order.shape
+  return jnp.take_along_axis(x, order.reshape(shape), axis=axis)
+
+
+def cudnn(spec: Spec, q, keys, values, key_positions, *, window: int | None,
+          implementation: str = "cudnn") -> jax.Array:
+  """`jax.nn.dot_product_attention` on the compacted rows (implementation="xla" runs the same call on any backend:
+  the tests check the wiring with it)."""
+  order, inverse, lengths = _compaction(key_positions)
+  rows = lambda x: _take_rows(x.swapaxes(1, 2), order, 1).astype(spec.dtype)  # [B, K, S, H] -> [B, S, K, H]
+  out = jax.nn.dot_product_attention(
+      _take_rows(q, order, 1).astype(spec.dtype), rows(keys), rows(values), scale=1.0, is_causal=True,
+      query_seq_lengths=lengths, key_value_seq_lengths=lengths,
+      local_window_size=None if window is None else (window - 1, 0), implementation=implementation)
+  return _take_rows(out.astype(jnp.float32), inverse, 1)
+
+
+def pallas(spec: Spec, q, keys, values, key_positions, *, window: int | None) -> jax.Array:
+  """Pallas splash attention (MQA kernel per kv head, its G query heads), padding as segment 0."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import (  # pylint: disable=g-import-not-at-top
+      splash_attention_kernel as splash, splash_attention_mask as masks)
+
+  b, t, n, hd = q.shape
+  kh = keys.shape[1]
+  order, inverse, lengths = _compaction(key_positions)
+  shape = (t, t)
+  mask = masks.CausalMask(shape) if window is None else masks.LocalMask(shape, (window - 1, 0), offset=0)
+  block = math.gcd(t, 512)
+  sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                            block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+  kernel = splash.make_splash_mqa_single_device(
+      masks.MultiHeadMask([mask] * (n // kh)), block_sizes=sizes, attn_logits_soft_cap=spec.softcap,
+      interpret=jax.default_backend() != "tpu")
+  segments = (jnp.arange(t)[None, :] < lengths[:, None]).astype(jnp.int32)  # 1 = real token, 0 = padding
+  qc = _take_rows(q, order, 1).reshape(b, t, kh, n // kh, hd).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]
+  kc, vc = (_take_rows(x, order, 2) for x in (keys, values))  # [B, K, T, H]
+
+  def one_row(qr, kr, vr, seg):
+    ids = splash.SegmentIds(q=seg, kv=seg)
+    return jax.vmap(lambda qh, kk, vv: kernel(qh, kk, vv, segment_ids=ids))(qr, kr, vr)
+
+  cast = lambda x: x.astype(spec.dtype)
+  out = jax.vmap(one_row)(cast(qc), cast(kc), cast(vc), segments)  # [B, K, G, T, H]
+  out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, hd).astype(jnp.float32)
+  return _take_rows(out, inverse, 1)
