@@ -95,6 +95,12 @@ def test_blockwise_skips_key_blocks_outside_the_window_and_the_empty_cache_tail(
   i, j = np.arange(8)[:, None], np.arange(12)[None, :]
   np.testing.assert_array_equal(causal, j <= i)  # and never the 4 empty blocks past t
   np.testing.assert_array_equal(local, (j <= i) & (j >= i - 1))  # window 8: this block and the one before
+  # 576 keys in blocks of at most 512: 2 x 288, the second (only empty slots) never visited.
+  tiling = attention._Tiling.balanced(576, 512)  # pylint: disable=protected-access
+  _, _, _, q_pos, k_pos, _ = _inputs(b=1, t=288, s=576, pad=(0,))
+  assert tiling.size == 288
+  visit = attention._visited(attention._Tiling.balanced(288, 512), tiling, q_pos, k_pos, 8)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(visit, [[True, False]])
 
 
 def _peak_temp_bytes(fn, spec, t):

@@ -197,6 +197,12 @@ class _Tiling:
   length: int
   size: int
 
+  @classmethod
+  def balanced(cls, length: int, max_size: int) -> _Tiling:
+    """The fewest blocks of at most `max_size`, of equal size: 576 keys by 512 -> 2 x 288 (overlap < count)."""
+    count = -(-length // max_size)
+    return cls(length, -(-length // count))
+
   @property
   def count(self) -> int:
     return -(-self.length // self.size)
@@ -208,17 +214,19 @@ class _Tiling:
     """bool[size]: rows of block i not already covered by block i - 1."""
     return self.start(i) + jnp.arange(self.size) >= i * self.size
 
-  def indices(self) -> np.ndarray:
-    """int[count, size]: the rows of every block."""
-    starts = np.minimum(np.arange(self.count) * self.size, self.length - self.size)
-    return starts[:, None] + np.arange(self.size)
+  def indices(self) -> tuple[np.ndarray, np.ndarray]:
+    """int[count, size] the rows of every block, bool[count, size] which of them are fresh."""
+    blocks = np.arange(self.count)[:, None]
+    rows = np.minimum(blocks * self.size, self.length - self.size) + np.arange(self.size)
+    return rows, rows >= blocks * self.size
 
 
 def _visited(tq: _Tiling, tk: _Tiling, query_positions, key_positions, window) -> jax.Array:
   """bool[nq, nk]: some query of block i may see some key of block j, in some row (a conservative test on the
   blocks' position bounds: it never drops a visible pair)."""
-  qp = query_positions[:, tq.indices()]  # [B, nq, bq]
-  kp = key_positions[:, tk.indices()]  # [B, nk, bk]
+  qp = query_positions[:, tq.indices()[0]]  # [B, nq, bq]
+  k_rows, k_fresh = tk.indices()
+  kp = jnp.where(k_fresh, key_positions[:, k_rows], -1)  # [B, nk, bk]; keys of a block's predecessor do not count
   q_max, q_min = qp.max(-1)[:, :, None], qp.min(-1)[:, :, None]
   filled = kp >= 0
   k_min = jnp.where(filled, kp, _FAR).min(-1)[:, None, :]
@@ -256,7 +264,7 @@ def _slice(x, start, size, axis):
 def _flash_forward(q, k, v, q_pos, k_pos, window, spec: Spec):
   """q [B, K, T, G, H], k/v [B, K, S, H] -> (out f32[B, K, T, G, H], log-sum-exp f32[B, K, T, G])."""
   b, kh, t, g, hd = q.shape
-  tq, tk = _Tiling(t, min(spec.block_q, t)), _Tiling(k.shape[2], min(spec.block_k, k.shape[2]))
+  tq, tk = _Tiling.balanced(t, spec.block_q), _Tiling.balanced(k.shape[2], spec.block_k)
   bq, bk = tq.size, tk.size
   lo, hi = _ranges(_visited(tq, tk, q_pos, k_pos, window))
   kj_fresh = lambda j: tk.fresh(j)[None, None, :]  # keys of an overlapping last block counted once
@@ -293,43 +301,52 @@ def _flash_forward(q, k, v, q_pos, k_pos, window, spec: Spec):
 
 
 def _flash_backward(spec: Spec, residuals, d_out):
-  """Gradients w.r.t. q, k, v: one pass over key blocks, each over the query blocks that visited it."""
+  """Gradients w.r.t. q, k, v: one pass over key blocks, each over the query blocks that visited it.
+
+  dK and dV contract over query rows; XLA:CPU runs that form of bf16 matmul (lhs transposed) ~4x slower than the
+  plain one, so q and dO are transposed once ([B, K, H, T*G]) and the blocks accumulate dK^T, dV^T.
+  """
   q, k, v, q_pos, k_pos, window, out, lse = residuals
   b, kh, t, g, hd = q.shape
-  tq, tk = _Tiling(t, min(spec.block_q, t)), _Tiling(k.shape[2], min(spec.block_k, k.shape[2]))
+  tq, tk = _Tiling.balanced(t, spec.block_q), _Tiling.balanced(k.shape[2], spec.block_k)
   bq, bk = tq.size, tk.size
   lo, hi = _ranges(_visited(tq, tk, q_pos, k_pos, window).T)
-  delta = jnp.sum(d_out * out, axis=-1)  # [B, K, T, G]: rowsum(dO * O) = sum_s P dP
+  delta = jnp.sum(d_out * out, axis=-1).reshape(b, kh, t * g)  # rowsum(dO * O) = sum_s P dP
+  lse = lse.reshape(b, kh, t * g)
+  cast = lambda x: x.astype(spec.dtype)
+  q_rows, do_rows = cast(q).reshape(b, kh, t * g, hd), cast(d_out).reshape(b, kh, t * g, hd)
+  q_t, do_t = q_rows.swapaxes(2, 3), do_rows.swapaxes(2, 3)  # [B, K, H, T*G]
 
   def key_block(j, carry):
-    dq, dk, dv = carry
+    dq, dk_t, dv_t = carry
     ks = tk.start(j)
     kj, vj = _slice(k, ks, bk, 2), _slice(v, ks, bk, 2)
     kpj = jnp.where(tk.fresh(j), _slice(k_pos, ks, bk, 1), -1)
 
     def query_block(i, state):
-      dq, dkj, dvj = state
+      dq, dkj_t, dvj_t = state
       start = tq.start(i)
-      rows = lambda x: _slice(x, start, bq, 2).reshape(b, kh, bq * g, *x.shape[4:])
-      qi, doi, lse_i, delta_i = rows(q), rows(d_out), rows(lse), rows(delta)
+      rows = lambda x, axis=2: _slice(x, start * g, bq * g, axis)
+      qi, doi = rows(q_rows), rows(do_rows)
       scores, capped, allowed = _block_scores(spec, qi, kj, _slice(q_pos, start, bq, 1), kpj, window, tq.fresh(i))
-      p = jnp.where(allowed, jnp.exp(scores - lse_i[..., None]), 0.0)
-      dvj = dvj + _einsum("bkqs,bkqh->bksh", p, doi, spec.dtype)
-      ds = p * (_einsum("bkqh,bksh->bkqs", doi, vj, spec.dtype) - delta_i[..., None])
+      p = jnp.where(allowed, jnp.exp(scores - rows(lse)[..., None]), 0.0)
+      dvj_t = dvj_t + _einsum("bkhq,bkqs->bkhs", rows(do_t, 3), p, spec.dtype)
+      ds = p * (_einsum("bkqh,bksh->bkqs", doi, vj, spec.dtype) - rows(delta)[..., None])
       if spec.softcap is not None:
         ds = ds * (1 - jnp.square(capped / spec.softcap))
-      dqi = _einsum("bkqs,bksh->bkqh", ds, kj, spec.dtype).reshape(b, kh, bq, g, hd)
-      dq = jax.lax.dynamic_update_slice_in_dim(dq, _slice(dq, start, bq, 2) + dqi, start, 2)
-      return dq, dkj + _einsum("bkqs,bkqh->bksh", ds, qi, spec.dtype), dvj
+      dqi = _einsum("bkqs,bksh->bkqh", ds, kj, spec.dtype)
+      dq = jax.lax.dynamic_update_slice_in_dim(dq, rows(dq) + dqi, start * g, 2)
+      return dq, dkj_t + _einsum("bkhq,bkqs->bkhs", rows(q_t, 3), ds, spec.dtype), dvj_t
 
-    zeros = jnp.zeros((b, kh, bk, hd))
-    dq, dkj, dvj = jax.lax.fori_loop(lo[j], hi[j], query_block, (dq, zeros, zeros))
-    add = lambda buf, block: jax.lax.dynamic_update_slice_in_dim(buf, _slice(buf, ks, bk, 2) + block, ks, 2)
-    return dq, add(dk, dkj), add(dv, dvj)
+    zeros = jnp.zeros((b, kh, hd, bk))
+    dq, dkj_t, dvj_t = jax.lax.fori_loop(lo[j], hi[j], query_block, (dq, zeros, zeros))
+    add = lambda buf, block: jax.lax.dynamic_update_slice_in_dim(buf, _slice(buf, ks, bk, 3) + block, ks, 3)
+    return dq, add(dk_t, dkj_t), add(dv_t, dvj_t)
 
-  zeros_kv = jnp.zeros(k.shape, jnp.float32)
-  dq, dk, dv = jax.lax.fori_loop(0, tk.count, key_block, (jnp.zeros(q.shape, jnp.float32), zeros_kv, zeros_kv))
-  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, None
+  zeros_t = jnp.zeros((b, kh, hd, k.shape[2]))
+  dq, dk_t, dv_t = jax.lax.fori_loop(0, tk.count, key_block, (jnp.zeros((b, kh, t * g, hd)), zeros_t, zeros_t))
+  return (dq.reshape(q.shape).astype(q.dtype), dk_t.swapaxes(2, 3).astype(k.dtype),
+          dv_t.swapaxes(2, 3).astype(v.dtype), None, None, None)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))

@@ -1,0 +1,227 @@
+"""Attention memory benchmark: peak resident memory and time of prefill and of a GRPO update, dense vs blockwise.
+
+Usage:
+  python benchmarks/attention_memory.py            # full: Gemma 3 270M architecture, random weights (~30 min)
+  python benchmarks/attention_memory.py --quick    # smoke: tiny-gemma3, short lengths (a test runs it)
+  python benchmarks/attention_memory.py --limit-gib 8 --json /tmp/attention.json
+
+Cases (each in a fresh worker subprocess whose address space is capped with RLIMIT_AS, so a case that needs more
+reports OOM instead of taking the machine down; the cap is `--limit-gib`, lowered to MemAvailable - 3 GiB when the
+machine has less free):
+- prefill: `sampler.prefill` (the sampler's and the GRM's) of 16 rows x 512 / 2k / 4k / 8k tokens (row r
+  left-padded by 8 r tokens), cache length T + 64, one jitted call.
+- grpo: one `GRPOTrainer.update` (policy forward + backward, frozen reference forward, beta = 0.08, AdamW) on
+  2 items x G = 4 completions of 64 tokens after 512- or 4k-token prompts (shared-prefix layout), the blocks
+  trainable (the embedding frozen: it saves 2 GB of gradient and moments that have nothing to do with attention),
+  log-probs in chunks of 16 completion tokens.
+Model: the architecture of `--model` (default gemma3-270m) with seeded random weights, bf16 parameters and compute,
+`float32_attention=False` (the long-context setting). `attention_impl` is "dense" (the full score matrix) or
+"blockwise" (`spct_jax/model/attention.py`).
+Reported: peak RSS of the worker (`ru_maxrss`: model, compilation and the call), its RSS before the first call (the
+model and, for GRPO, the optimizer state), and the time of the call (best of `reps`; the first call's compile time,
+from JAX's compile events, is subtracted). Targets: blockwise not slower than dense by more than 10% at 512 tokens; no OOM for blockwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+
+import common  # pylint: disable=g-bad-import-order  (also puts the repo root on sys.path)
+
+SCRIPT = os.path.abspath(__file__)
+MARGIN_GIB = 3.0  # left to the rest of the machine when it caps the workers
+
+
+def cases(quick: bool) -> list[dict]:
+  if quick:
+    prefill = [dict(kind="prefill", rows=2, length=t, reps=1) for t in (64, 256)]
+    grpo = [dict(kind="grpo", items=2, group=2, new_tokens=8, length=128, reps=1)]
+  else:
+    prefill = [dict(kind="prefill", rows=16, length=t, reps=3 if t <= 512 else 1) for t in (512, 2048, 4096, 8192)]
+    grpo = [dict(kind="grpo", items=2, group=4, new_tokens=64, length=t, reps=3 if t <= 512 else 1)
+            for t in (512, 4096)]
+  return [dict(case, impl=impl) for case in prefill + grpo for impl in ("dense", "blockwise")]
+
+
+def mem_available_gib() -> float | None:
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) / 2**20
+  except OSError:
+    pass
+  return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Worker.
+
+
+def worker(spec: dict) -> dict:
+  limit = int(spec["limit_bytes"])
+  resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # before JAX allocates anything
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from spct_jax.model import Transformer, get_config  # pylint: disable=g-import-not-at-top
+
+  compile_s = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, secs, **_: compile_s.append(secs) if event.startswith("/jax/core/compile/") else None)
+  length = spec["length"]
+  cfg = get_config(spec["model"], param_dtype="bfloat16", compute_dtype="bfloat16", float32_attention=False,
+                   attention_impl=spec["impl"], max_seq_len=max(length + 128, 512))
+  model = Transformer(cfg, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  if spec["kind"] == "prefill":
+    run = _prefill_call(cfg, model, rng, spec)
+  else:
+    run = _grpo_call(cfg, model, rng, spec)
+  with common.PeakRSS() as before:  # the model (and the trainer's state) resident, nothing compiled yet
+    pass
+  times = []
+  try:
+    compile_s.clear()
+    first = common.timed(run)[1]
+    times.append(first - sum(compile_s))
+    for _ in range(spec["reps"] - 1):
+      times.append(common.timed(run)[1])
+  except jax.errors.JaxRuntimeError as e:
+    if "memory" not in str(e).lower():
+      raise
+    return dict(spec, oom=True, error=str(e).splitlines()[0][:200])
+  return dict(spec, oom=False, time_s=min(times), times_s=times, compile_s=sum(compile_s),
+              rss_before_mib=before.peak_mib)
+
+
+def _prefill_call(cfg, model, rng, spec):
+  import functools  # pylint: disable=g-import-not-at-top
+
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from spct_jax import sampler  # pylint: disable=g-import-not-at-top
+  from spct_jax.model import decoding  # pylint: disable=g-import-not-at-top
+
+  rows, length = spec["rows"], spec["length"]
+  params = decoding.decoding_params(model)
+  tokens = rng.integers(3, cfg.vocab_size, (rows, length)).astype(np.int32)
+  mask = np.arange(length)[None, :] >= 8 * np.arange(rows)[:, None]
+  fn = jax.jit(functools.partial(sampler.prefill, cfg, cache_length=length + 64))
+  args = (params, tokens, mask, np.arange(rows, dtype=np.int32))
+
+  def run():
+    jax.block_until_ready(fn(*args))
+
+  return run
+
+
+def _grpo_call(cfg, model, rng, spec):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from spct_jax.train.grpo_trainer import GRPOConfig, GRPOTrainer  # pylint: disable=g-import-not-at-top
+  from spct_jax.train.step import OptimizerConfig  # pylint: disable=g-import-not-at-top
+
+  items, group, new, length = spec["items"], spec["group"], spec["new_tokens"], spec["length"]
+  trainer = GRPOTrainer(model, GRPOConfig(group_size=group, max_new_tokens=new, logprob_chunk_size=16),
+                        OptimizerConfig(trainable="blocks/"))
+  rows = items * group
+  batch = {"prompt_tokens": rng.integers(3, cfg.vocab_size, (items, length)).astype(np.int32),
+           "prompt_mask": np.arange(length)[None, :] >= 16 * np.arange(items)[:, None],
+           "row_source": np.repeat(np.arange(items, dtype=np.int32), group),
+           "completion": rng.integers(3, cfg.vocab_size, (rows, new)).astype(np.int32),
+           "completion_mask": np.ones((rows, new), np.float32)}
+  rewards = rng.random(rows).astype(np.float32)
+
+  def run():
+    jax.block_until_ready(trainer.update(batch, rewards))
+
+  return run
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Driver.
+
+
+def describe(case: dict) -> str:
+  if case["kind"] == "prefill":
+    return f"prefill {case['rows']} rows x {case['length']}"
+  return f"GRPO update {case['items']} x G={case['group']}, {case['length']}-token prompts"
+
+
+def report(results: list[dict], header: str, limit_gib: float, model: str) -> list[str]:
+  lines = [header,
+           f"model: {model} architecture, random bf16 weights, bf16 attention; worker address space capped at "
+           f"{limit_gib:.1f} GiB\n"]
+  rows, by_case = [], {}
+  for r in results:
+    by_case.setdefault(describe(r), {})[r["impl"]] = r
+  for name, impls in by_case.items():
+    cells = []
+    for impl in ("dense", "blockwise"):
+      r = impls.get(impl)
+      if r is None or r.get("failed"):
+        cells += ["crashed", "", ""]
+      elif r["oom"]:
+        cells += ["OOM", "", ""]
+      else:
+        cells += [common.fmt(r["child_max_rss_mib"], 0), common.fmt(r["rss_before_mib"], 0), f"{r['time_s']:.2f}"]
+    d, b = impls.get("dense"), impls.get("blockwise")
+    ok = lambda r: r is not None and not r.get("failed") and not r["oom"]
+    ratio = f"{b['time_s'] / d['time_s']:.2f}" if ok(d) and ok(b) else "n/a"
+    rows.append([name, *cells, ratio])
+  headers = ["case", "dense peak RSS MiB", "dense RSS of the model MiB", "dense s", "blockwise peak RSS MiB",
+             "blockwise RSS of the model MiB", "blockwise s", "time blockwise / dense"]
+  lines.append(common.markdown_table(headers, rows))
+  return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="tiny model, short lengths (smoke)")
+  parser.add_argument("--model", default=None, help="model preset (default gemma3-270m; --quick: tiny-gemma3)")
+  parser.add_argument("--limit-gib", type=float, default=12.0, help="address-space cap of each worker")
+  parser.add_argument("--json", default=None, help="also write the raw results here")
+  parser.add_argument("--markdown", default=None, help="also write the report here")
+  parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.worker:
+    common.emit_result(worker(json.loads(args.worker)))
+    return
+  model = args.model or ("tiny-gemma3" if args.quick else "gemma3-270m")
+  available = mem_available_gib()
+  limit_gib = args.limit_gib if available is None else min(args.limit_gib, available - MARGIN_GIB)
+  if limit_gib < 2:
+    sys.exit(f"only {available:.1f} GiB available: not enough to run the benchmark without crowding the machine")
+  header = common.machine_header("Attention memory: dense vs blockwise")
+  results, failed = [], []
+  for case in cases(args.quick):
+    spec = dict(case, model=model, limit_bytes=int(limit_gib * 2**30))
+    common.log(f"{describe(case)}, {case['impl']}")
+    try:
+      # Few malloc arenas: each reserves 64 MiB of address space per thread, which the cap would count.
+      result = common.run_worker(SCRIPT, [json.dumps(spec)], log_prefix="  ", env={"MALLOC_ARENA_MAX": "2"})
+    except RuntimeError as e:  # the worker died (e.g. an allocation outside XLA refused by the cap): see its log
+      common.log(f"  {e}")
+      failed.append(f"{describe(case)} {case['impl']}")
+      result = dict(spec, failed=True, oom=False, error=str(e))
+    status = ("crashed" if result.get("failed") else "OOM" if result["oom"] else
+              f"{result['time_s']:.2f} s, peak RSS {result['child_max_rss_mib']:.0f} MiB")
+    common.log(f"  {status}")
+    results.append(result)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(results, f, indent=1)
+  common.print_report(report(results, header, limit_gib, model), failed=failed,
+                      targets="target: blockwise / dense <= 1.10 at 512 tokens", markdown=args.markdown)
+
+
+if __name__ == "__main__":
+  main()
