@@ -19,7 +19,8 @@ Model: the architecture of `--model` (default gemma3-270m) with seeded random we
 "blockwise" (`spct_jax/model/attention.py`).
 Reported: peak RSS of the worker (`ru_maxrss`: model, compilation and the call), its RSS before the first call (the
 model and, for GRPO, the optimizer state), and the time of the call (best of `reps`; the first call's compile time,
-from JAX's compile events, is subtracted). Targets: blockwise not slower than dense by more than 10% at 512 tokens; no OOM for blockwise.
+from JAX's compile events, is subtracted). Targets: blockwise not slower than dense by more than 10% at 512 tokens;
+no OOM for blockwise.
 """
 
 from __future__ import annotations

@@ -82,6 +82,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # command-line overrides (--config.grm.top_k=40) work.
   c.grm.top_k = ml_collections.config_dict.placeholder(int)
   c.grm.top_p = ml_collections.config_dict.placeholder(float)
+  # Bytes per device a sampling call may plan for: the B x k rows run in row chunks that fit (None = half the
+  # memory free at the call; spct_jax/sampling_memory.py). A row that cannot fit fails naming its item.
+  c.grm.memory_budget_bytes = ml_collections.config_dict.placeholder(int)
 
   c.greedy = True  # Also run one greedy sample per item (the paper's "greedy" row).
   c.ks = (1, 2, 4)  # Voting@k over samples drawn at `temperature`.

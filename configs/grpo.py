@@ -51,6 +51,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.grm.demo_seed = 1
   c.grm.output_prefix = "Specific Criteria:"
   c.grm.stop_after_scores = True   # end a rollout at the `}` closing its \boxed{..}: no reward-free tail to train on
+  # Bytes per device for the held-out GRM scoring's row chunks (None = half the free memory; sampling_memory.py).
+  c.grm.memory_budget_bytes = ml_collections.config_dict.placeholder(int)
 
   c.grpo = ml_collections.ConfigDict()
   c.grpo.group_size = 4            # G (paper: 4)

@@ -119,7 +119,7 @@ def grm_options(config) -> dict[str, Any]:
               num_distinct_orders=g.num_distinct_orders, output_prefix=g.output_prefix,
               demonstrations=experiment.demonstrations(g.num_demonstrations, g.demo_seed, g.template),
               top_k=g.top_k, top_p=g.top_p, seed=config.seed,
-              stop_after_scores=g.get("stop_after_scores", True))
+              stop_after_scores=g.get("stop_after_scores", True), memory_budget_bytes=g.get("memory_budget_bytes"))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Every attention implementation computes the dense reference's function (forward and gradients), in O(T) memory
 where it claims to; the dispatch picks and logs as documented."""
+# pylint: disable=protected-access
 
 import logging
 import os
@@ -89,17 +90,17 @@ def test_blockwise_in_bf16_stays_within_the_dense_bf16_error():
 def test_blockwise_skips_key_blocks_outside_the_window_and_the_empty_cache_tail():
   t, s, bq, bk = 64, 96, 8, 8
   _, _, _, q_pos, k_pos, _ = _inputs(t=t, s=s, pad=(0, 0))
-  tq, tk = attention._Tiling(t, bq), attention._Tiling(s, bk)  # pylint: disable=protected-access
-  local = np.asarray(attention._visited(tq, tk, q_pos, k_pos, 8))  # pylint: disable=protected-access
-  causal = np.asarray(attention._visited(tq, tk, q_pos, k_pos, attention.NO_WINDOW))  # pylint: disable=protected-access
+  tq, tk = attention._Tiling(t, bq), attention._Tiling(s, bk)
+  local = np.asarray(attention._visited(tq, tk, q_pos, k_pos, 8))
+  causal = np.asarray(attention._visited(tq, tk, q_pos, k_pos, attention.NO_WINDOW))
   i, j = np.arange(8)[:, None], np.arange(12)[None, :]
   np.testing.assert_array_equal(causal, j <= i)  # and never the 4 empty blocks past t
   np.testing.assert_array_equal(local, (j <= i) & (j >= i - 1))  # window 8: this block and the one before
   # 576 keys in blocks of at most 512: 2 x 288, the second (only empty slots) never visited.
-  tiling = attention._Tiling.balanced(576, 512)  # pylint: disable=protected-access
+  tiling = attention._Tiling.balanced(576, 512)
   _, _, _, q_pos, k_pos, _ = _inputs(b=1, t=288, s=576, pad=(0,))
   assert tiling.size == 288
-  visit = attention._visited(attention._Tiling.balanced(288, 512), tiling, q_pos, k_pos, 8)  # pylint: disable=protected-access
+  visit = attention._visited(attention._Tiling.balanced(288, 512), tiling, q_pos, k_pos, 8)
   np.testing.assert_array_equal(visit, [[True, False]])
 
 
@@ -210,7 +211,7 @@ def test_dispatch_picks_the_backend_kernel_where_it_applies_and_logs_once(caplog
   bf16 = _model_cfg(compute_dtype="bfloat16", float32_attention=False, head_dim=128)
   resolve = lambda cfg, backend, t=256, s=256, self_layout=True: attention.resolve_impl(
       cfg, t, s, self_layout=self_layout, backend=backend)
-  attention._LOGGED.clear()  # pylint: disable=protected-access
+  attention._LOGGED.clear()
   with caplog.at_level(logging.INFO, logger="spct_jax.model.attention"):
     assert resolve(bf16, "cpu") == "blockwise"
     assert resolve(bf16, "gpu") == "cudnn"

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spct_jax import sampler, strategies
+from spct_jax import sampler, sampling_memory, strategies
 from spct_jax.grm import parsing, templates, voting
 
 # (conversation, responses) or any object with .conversation and .responses (data.PreferenceItem).
@@ -33,6 +33,8 @@ class GRMOptions:
   shuffle: False keeps the data's order (no positional-bias control; useful for debugging only).
   k_meta: meta-RM guided voting keeps this many samples (None = k // 2) when a meta scorer is given.
   stop_after_scores: end a sample at the `}` that closes its `\\boxed{..}` (the judgement is complete there).
+  memory_budget_bytes: the B x k rows of a call run in row chunks that fit this many bytes per device
+    (`sampling_memory`; None = a share of the memory free at the call).
   """
 
   template: str = "default"
@@ -48,6 +50,7 @@ class GRMOptions:
   k_meta: int | None = None
   seed: int = 0
   stop_after_scores: bool = True
+  memory_budget_bytes: int | None = None
 
   def strategy(self, k: int):
     temperature = self.temperature if self.temperature is not None else (0.0 if k == 1 else 0.5)
@@ -168,7 +171,11 @@ class GRM:
     seed = opts.seed if seed is None else seed
     rng = np.random.default_rng(seed)
     prompts, perms, response_mask = build_prompts(items, k, opts, rng, hint_best=hint_best)
-    texts = [opts.output_prefix + t for t in self.generate_texts(prompts, opts.strategy(k), seed)]
+    try:
+      generated = self.generate_texts(prompts, opts.strategy(k), seed)
+    except sampling_memory.RowsDoNotFit as e:
+      raise ValueError(f"item {e.prompt_index // k} (sample {e.prompt_index % k}): {e}") from e
+    texts = [opts.output_prefix + t for t in generated]
     num_responses = np.repeat(response_mask.sum(axis=1), k)
     shown, valid, errors = parse_texts(texts, num_responses, perms.shape[2], opts.template)
     batch, n_max = len(items), perms.shape[2]
@@ -189,7 +196,8 @@ class GRM:
     encoded = [self.tokenizer.encode(p, add_bos=True) for p in prompts]
     out, *_ = sampler.sample_from_tokens(
         self.model, encoded, max_new_tokens=self.options.max_new_tokens, strategy=strategy, seed=seed,
-        eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_id, mesh=self.mesh, stop=self.stop_condition)
+        eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_id, mesh=self.mesh, stop=self.stop_condition,
+        memory_budget_bytes=self.options.memory_budget_bytes)
     out = jax.device_get(out)
     return [self._decode(row, n) for row, n in zip(out.tokens, out.lengths)]
 

@@ -50,7 +50,8 @@ def grm_options(config, demos) -> scorer.GRMOptions:
   g = config.grm
   return scorer.GRMOptions(template=g.template, chat_style=g.chat_style, max_new_tokens=config.grpo.max_new_tokens,
                            num_distinct_orders=1, demonstrations=demos, output_prefix=g.output_prefix,
-                           seed=config.seed, stop_after_scores=g.stop_after_scores)
+                           seed=config.seed, stop_after_scores=g.stop_after_scores,
+                           memory_budget_bytes=g.get("memory_budget_bytes"))
 
 
 def items_for_step(items, step: int, batch_size: int, seed: int):
