@@ -1,7 +1,7 @@
 """Attention memory benchmark: peak resident memory and time of prefill and of a GRPO update, dense vs blockwise.
 
 Usage:
-  python benchmarks/attention_memory.py            # full: Gemma 3 270M architecture, random weights (~30 min)
+  python benchmarks/attention_memory.py            # full: Gemma 3 270M architecture, random weights (~1 h, 2 cores)
   python benchmarks/attention_memory.py --quick    # smoke: tiny-gemma3, short lengths (a test runs it)
   python benchmarks/attention_memory.py --limit-gib 8 --json /tmp/attention.json
 
@@ -10,6 +10,8 @@ reports OOM instead of taking the machine down; the cap is `--limit-gib`, lowere
 machine has less free):
 - prefill: `sampler.prefill` (the sampler's and the GRM's) of 16 rows x 512 / 2k / 4k / 8k tokens (row r
   left-padded by 8 r tokens), cache length T + 64, one jitted call.
+- sample (blockwise only): `sample_from_tokens` of 16 rows x 8k tokens, 1 new token, memory_budget_bytes = half
+  the cap: the rows run in the chunks `sampling_memory` plans (the single 16-row prefill above may not fit).
 - grpo: one `GRPOTrainer.update` (policy forward + backward, frozen reference forward, beta = 0.08, AdamW) on
   2 items x G = 4 completions of 64 tokens after 512- or 4k-token prompts (shared-prefix layout), the blocks
   trainable (the embedding frozen: it saves 2 GB of gradient and moments that have nothing to do with attention),
@@ -39,13 +41,16 @@ MARGIN_GIB = 3.0  # left to the rest of the machine when it caps the workers
 
 def cases(quick: bool) -> list[dict]:
   if quick:
-    prefill = [dict(kind="prefill", rows=2, length=t, reps=1) for t in (64, 256)]
-    grpo = [dict(kind="grpo", items=2, group=2, new_tokens=8, length=128, reps=1)]
+    prefill = [dict(kind="prefill", rows=2, length=64, reps=1)]
+    grpo = [dict(kind="grpo", items=2, group=2, new_tokens=8, length=64, reps=1)]
+    sample = dict(kind="sample", rows=2, length=64, reps=1)
   else:
     prefill = [dict(kind="prefill", rows=16, length=t, reps=3 if t <= 512 else 1) for t in (512, 2048, 4096, 8192)]
     grpo = [dict(kind="grpo", items=2, group=4, new_tokens=64, length=t, reps=3 if t <= 512 else 1)
             for t in (512, 4096)]
-  return [dict(case, impl=impl) for case in prefill + grpo for impl in ("dense", "blockwise")]
+    sample = dict(kind="sample", rows=16, length=8192, reps=1)
+  both = [dict(case, impl=impl) for case in prefill + grpo for impl in ("dense", "blockwise")]
+  return both + [dict(sample, impl="blockwise")]
 
 
 def mem_available_gib() -> float | None:
@@ -80,10 +85,8 @@ def worker(spec: dict) -> dict:
                    attention_impl=spec["impl"], max_seq_len=max(length + 128, 512))
   model = Transformer(cfg, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
-  if spec["kind"] == "prefill":
-    run = _prefill_call(cfg, model, rng, spec)
-  else:
-    run = _grpo_call(cfg, model, rng, spec)
+  calls = {"prefill": _prefill_call, "grpo": _grpo_call, "sample": _sample_call}
+  run = calls[spec["kind"]](cfg, model, rng, spec)
   with common.PeakRSS() as before:  # the model (and the trainer's state) resident, nothing compiled yet
     pass
   times = []
@@ -123,6 +126,27 @@ def _prefill_call(cfg, model, rng, spec):
   return run
 
 
+def _sample_call(cfg, model, rng, spec):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from spct_jax import sampler, sampling_memory  # pylint: disable=g-import-not-at-top
+
+  rows, length = spec["rows"], spec["length"]
+  prompts = [list(rng.integers(3, cfg.vocab_size, length - 8 * r)) for r in range(rows)]
+  # Half the cap: the rest is the model, the compiled program and what the estimate leaves out.
+  budget = spec["limit_bytes"] // 2
+
+  length_padded = sampler.left_pad(prompts, 0)[0].shape[1]
+  spec["chunks"] = len(sampling_memory.row_chunks(cfg, np.arange(rows), [len(p) for p in prompts], length_padded,
+                                                  1, budget))
+
+  def run():
+    out = sampler.sample_from_tokens(model, prompts, max_new_tokens=1, memory_budget_bytes=budget)[0]
+    out.tokens.block_until_ready()
+
+  return run
+
+
 def _grpo_call(cfg, model, rng, spec):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -154,6 +178,9 @@ def _grpo_call(cfg, model, rng, spec):
 def describe(case: dict) -> str:
   if case["kind"] == "prefill":
     return f"prefill {case['rows']} rows x {case['length']}"
+  if case["kind"] == "sample":
+    chunks = f"{case['chunks']} row chunks" if "chunks" in case else "row chunks"
+    return f"sample_from_tokens {case['rows']} rows x {case['length']}, 1 new token, budget = cap / 2 ({chunks})"
   return f"GRPO update {case['items']} x G={case['group']}, {case['length']}-token prompts"
 
 
@@ -168,7 +195,9 @@ def report(results: list[dict], header: str, limit_gib: float, model: str) -> li
     cells = []
     for impl in ("dense", "blockwise"):
       r = impls.get(impl)
-      if r is None or r.get("failed"):
+      if r is None:
+        cells += ["-", "", ""]
+      elif r.get("failed"):
         cells += ["crashed", "", ""]
       elif r["oom"]:
         cells += ["OOM", "", ""]
