@@ -225,8 +225,13 @@ def test_dispatch_picks_the_backend_kernel_where_it_applies_and_logs_once(caplog
   assert len(messages) == len(set(messages)) == 7
   assert any("cudnn does not apply" in m and "soft-cap" in m for m in messages)
   assert resolve(bf16.replace(attention_impl="dense"), "gpu") == "dense"
+  explicit = bf16.replace(attention_impl="cudnn")
+  assert resolve(explicit, "gpu") == "cudnn"
+  assert resolve(explicit, "gpu", s=300, self_layout=False) == "blockwise"  # a KV cache: the layout, not the config
   with pytest.raises(ValueError, match="cannot run this call: .*soft-cap"):
-    resolve(bf16.replace(attention_impl="cudnn", attn_logit_softcap=50.0), "gpu")
+    resolve(explicit.replace(attn_logit_softcap=50.0), "gpu")
+  with pytest.raises(ValueError, match="cannot run this call: cudnn needs a GPU"):
+    resolve(explicit, "tpu")
   with pytest.raises(ValueError, match="attention_impl='flash'; valid"):
     _model_cfg(attention_impl="flash")
 

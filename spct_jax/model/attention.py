@@ -13,7 +13,8 @@ cache slot or padding; no window on global layers). Every implementation compute
 - "cudnn" (GPU) / "pallas" (TPU, splash attention): fused flash kernels. They apply only where the keys are the
   queries' own sequence with default positions (`self_layout`), the case of training and scoring rows: the real
   tokens are gathered to the front of each row, the kernel runs causal (or local) attention with the padding
-  masked by lengths / segment ids, and the rows are scattered back.
+  masked by lengths / segment ids, and the rows are scattered back. Calls of another layout (the sampler's KV
+  cache, the completions of a shared prompt) run blockwise whatever the setting (logged).
 - "auto": cudnn on GPUs and pallas on TPUs where they apply, blockwise otherwise; the choice and the reason are
   logged once per distinct case.
 Query rows that see no key at all (only possible for garbage rows: padding of an empty sequence) get an output
@@ -115,7 +116,9 @@ def attend(cfg, q: jax.Array, keys: jax.Array, values: jax.Array, query_position
 def resolve_impl(cfg, query_length: int, key_length: int, *, self_layout: bool, backend: str | None = None) -> str:
   """The implementation a call runs: `cfg.attention_impl`, with "auto" resolved for `backend` (default: JAX's).
 
-  An explicit "cudnn" / "pallas" that cannot take the call is an error; "auto" falls back to blockwise and logs why.
+  The fused kernels take the self layout only: other calls (a KV cache, a shared prompt) run blockwise, logged.
+  Otherwise an explicit "cudnn" / "pallas" that cannot take the call is an error; "auto" falls back to blockwise
+  and logs why.
   """
   requested = cfg.attention_impl
   backend = backend or jax.default_backend()
@@ -125,7 +128,11 @@ def resolve_impl(cfg, query_length: int, key_length: int, *, self_layout: bool, 
   if kernel is None:
     _log_once(f"attention_impl='auto' on {backend}: blockwise")
     return "blockwise"
-  reason = kernel_unsupported(cfg, kernel, query_length, key_length, self_layout=self_layout, backend=backend)
+  if not self_layout or query_length != key_length:
+    _log_once(f"attention_impl={requested!r} on {backend}: blockwise where keys are not the queries' own sequence "
+              "(a KV cache or a shared prompt)")
+    return "blockwise"
+  reason = kernel_unsupported(cfg, kernel, query_length, backend=backend)
   if reason is None:
     _log_once(f"attention_impl={requested!r} on {backend}: {kernel} (T={query_length})")
     return kernel
@@ -135,11 +142,8 @@ def resolve_impl(cfg, query_length: int, key_length: int, *, self_layout: bool, 
   return "blockwise"
 
 
-def kernel_unsupported(cfg, kernel: str, query_length: int, key_length: int, *, self_layout: bool,
-                       backend: str) -> str | None:
-  """Why the fused `kernel` cannot take a call (None: it can)."""
-  if not self_layout or query_length != key_length:
-    return "keys are not the queries' own sequence (a KV cache or a shared prompt)"
+def kernel_unsupported(cfg, kernel: str, query_length: int, *, backend: str) -> str | None:
+  """Why the fused `kernel` cannot take a self-layout call of `query_length` tokens (None: it can)."""
   if kernel == "cudnn":
     if backend != "gpu":
       return f"cudnn needs a GPU (backend {backend})"
