@@ -10,10 +10,11 @@ cache slot or padding; no window on global layers). Every implementation compute
   some query of the block could see (decided from the positions of the whole batch: causality, the sliding window,
   empty slots), so local layers cost O(T * window) and the empty tail of a prefill cache costs nothing. Portable
   XLA; the CPU path and the fallback everywhere.
-- "cudnn" (GPU) / "pallas" (TPU, splash attention): fused flash kernels. They apply only where the keys are the
+- "cudnn" (GPU) / "pallas" (TPU, splash attention): fused flash kernels (`attention_kernels.py`). They apply only where the keys are the
   queries' own sequence with default positions (`self_layout`), the case of training and scoring rows: the real
   tokens are gathered to the front of each row, the kernel runs causal (or local) attention with the padding
-  masked by lengths / segment ids, and the rows are scattered back. Calls of another layout (the sampler's KV
+  masked by lengths / segment ids, and the rows are scattered back (padding query rows, which nothing reads, get
+  other values than dense gives them). Calls of another layout (the sampler's KV
   cache, the completions of a shared prompt) run blockwise whatever the setting (logged).
 - "auto": cudnn on GPUs and pallas on TPUs where they apply, blockwise otherwise; the choice and the reason are
   logged once per distinct case.
@@ -26,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 
 import jax
 import jax.numpy as jnp
@@ -103,14 +103,22 @@ def attend(cfg, q: jax.Array, keys: jax.Array, values: jax.Array, query_position
   """
   spec = Spec.of(cfg)
   impl = resolve_impl(cfg, q.shape[1], keys.shape[2], self_layout=self_layout)
+  window = jnp.where(local, cfg.sliding_window, NO_WINDOW).astype(jnp.int32)
   if impl in ("dense", "blockwise"):
-    window = jnp.where(local, cfg.sliding_window, NO_WINDOW).astype(jnp.int32)
     fn = dense if impl == "dense" else blockwise
     return fn(spec, q, keys, values, query_positions, key_positions, window)
-  kernel = functools.partial(cudnn if impl == "cudnn" else pallas, spec, q, keys, values, key_positions)
-  if isinstance(local, bool):
-    return kernel(window=cfg.sliding_window if local else None)
-  return jax.lax.cond(local, lambda: kernel(window=cfg.sliding_window), lambda: kernel(window=None))
+  from spct_jax.model import attention_kernels  # pylint: disable=g-import-not-at-top  (GPU / TPU only)
+
+  kernel = functools.partial(getattr(attention_kernels, impl), spec, q, keys, values, key_positions)
+  try:
+    if isinstance(local, bool):
+      return kernel(window=cfg.sliding_window if local else None)
+    return jax.lax.cond(local, lambda: kernel(window=cfg.sliding_window), lambda: kernel(window=None))
+  except NotImplementedError as e:  # the kernel's own checks (e.g. cuDNN's head_dim limit before Hopper)
+    if cfg.attention_impl != "auto":
+      raise
+    _log_once(f"attention_impl='auto': blockwise, since {impl} refused the call ({e})")
+    return blockwise(spec, q, keys, values, query_positions, key_positions, window)
 
 
 def resolve_impl(cfg, query_length: int, key_length: int, *, self_layout: bool, backend: str | None = None) -> str:
@@ -261,6 +269,17 @@ def _block_scores(spec: Spec, qi, kj, qpi, kpj, window, rows_ok):
   return jnp.where(allowed, capped, MASKED), capped, allowed
 
 
+def _zeros_after(anchor: jax.Array, *shapes) -> tuple[jax.Array, ...]:
+  """f32 zeros of `shapes` that XLA cannot materialise before `anchor` exists.
+
+  Plain zeros as a loop's initial output are one constant: XLA:CPU shared it between the loops of all the layers
+  of the unrolled prefill and scheduled every layer's copy of it first, so all 18 output buffers lived at once.
+  """
+  # (An optimization_barrier does not do it: XLA:CPU drops it before it schedules.)
+  dependency = jnp.isfinite(anchor.reshape(-1)[0]).astype(jnp.float32)  # 0 or 1: only the data dependency matters
+  return tuple(jnp.zeros(shape) * dependency for shape in shapes)
+
+
 def _slice(x, start, size, axis):
   return jax.lax.dynamic_slice_in_dim(x, start, size, axis)
 
@@ -300,8 +319,7 @@ def _flash_forward(q, k, v, q_pos, k_pos, window, spec: Spec):
     return (jax.lax.dynamic_update_slice_in_dim(out, oi, start, 2),
             jax.lax.dynamic_update_slice_in_dim(lse, lse_i, start, 2))
 
-  init = (jnp.zeros((b, kh, t, g, hd)), jnp.zeros((b, kh, t, g)))
-  return jax.lax.fori_loop(0, tq.count, query_block, init)
+  return jax.lax.fori_loop(0, tq.count, query_block, _zeros_after(q, (b, kh, t, g, hd), (b, kh, t, g)))
 
 
 def _flash_backward(spec: Spec, residuals, d_out):
@@ -347,8 +365,8 @@ def _flash_backward(spec: Spec, residuals, d_out):
     add = lambda buf, block: jax.lax.dynamic_update_slice_in_dim(buf, _slice(buf, ks, bk, 3) + block, ks, 3)
     return dq, add(dk_t, dkj_t), add(dv_t, dvj_t)
 
-  zeros_t = jnp.zeros((b, kh, hd, k.shape[2]))
-  dq, dk_t, dv_t = jax.lax.fori_loop(0, tk.count, key_block, (jnp.zeros((b, kh, t * g, hd)), zeros_t, zeros_t))
+  init = _zeros_after(d_out, (b, kh, t * g, hd), (b, kh, hd, k.shape[2]), (b, kh, hd, k.shape[2]))
+  dq, dk_t, dv_t = jax.lax.fori_loop(0, tk.count, key_block, init)
   return (dq.reshape(q.shape).astype(q.dtype), dk_t.swapaxes(2, 3).astype(k.dtype),
           dv_t.swapaxes(2, 3).astype(v.dtype), None, None, None)
 
@@ -364,65 +382,3 @@ def _flash_fwd(q, k, v, q_pos, k_pos, window, spec):
 
 
 _flash.defvjp(_flash_fwd, _flash_backward)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Fused kernels (self layout: keys are the queries' own sequence).
-
-
-def _compaction(key_positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Per row, the order that puts the real tokens first (in position order, then the padding), its inverse and
-  the real-token count: int32[B, T], int32[B, T], int32[B]. With default positions, index = position afterwards."""
-  t = key_positions.shape[1]
-  filled = key_positions >= 0
-  order = jnp.argsort(jnp.where(filled, key_positions, t + jnp.arange(t)), axis=1)
-  return order, jnp.argsort(order, axis=1), filled.sum(axis=1).astype(jnp.int32)
-
-
-def _take_rows(x: jax.Array, order: jax.Array, axis: int) -> jax.Array:
-  shape = [1] * x.ndim
-  shape[0], shape[axis] = order.shape
-  return jnp.take_along_axis(x, order.reshape(shape), axis=axis)
-
-
-def cudnn(spec: Spec, q, keys, values, key_positions, *, window: int | None,
-          implementation: str = "cudnn") -> jax.Array:
-  """`jax.nn.dot_product_attention` on the compacted rows (implementation="xla" runs the same call on any backend:
-  the tests check the wiring with it)."""
-  order, inverse, lengths = _compaction(key_positions)
-  rows = lambda x: _take_rows(x.swapaxes(1, 2), order, 1).astype(spec.dtype)  # [B, K, S, H] -> [B, S, K, H]
-  out = jax.nn.dot_product_attention(
-      _take_rows(q, order, 1).astype(spec.dtype), rows(keys), rows(values), scale=1.0, is_causal=True,
-      query_seq_lengths=lengths, key_value_seq_lengths=lengths,
-      local_window_size=None if window is None else (window - 1, 0), implementation=implementation)
-  return _take_rows(out.astype(jnp.float32), inverse, 1)
-
-
-def pallas(spec: Spec, q, keys, values, key_positions, *, window: int | None) -> jax.Array:
-  """Pallas splash attention (MQA kernel per kv head, its G query heads), padding as segment 0."""
-  from jax.experimental.pallas.ops.tpu.splash_attention import (  # pylint: disable=g-import-not-at-top
-      splash_attention_kernel as splash, splash_attention_mask as masks)
-
-  b, t, n, hd = q.shape
-  kh = keys.shape[1]
-  order, inverse, lengths = _compaction(key_positions)
-  shape = (t, t)
-  mask = masks.CausalMask(shape) if window is None else masks.LocalMask(shape, (window - 1, 0), offset=0)
-  block = math.gcd(t, 512)
-  sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
-                            block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
-  kernel = splash.make_splash_mqa_single_device(
-      masks.MultiHeadMask([mask] * (n // kh)), block_sizes=sizes, attn_logits_soft_cap=spec.softcap,
-      interpret=jax.default_backend() != "tpu")
-  segments = (jnp.arange(t)[None, :] < lengths[:, None]).astype(jnp.int32)  # 1 = real token, 0 = padding
-  qc = _take_rows(q, order, 1).reshape(b, t, kh, n // kh, hd).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]
-  kc, vc = (_take_rows(x, order, 2) for x in (keys, values))  # [B, K, T, H]
-
-  def one_row(qr, kr, vr, seg):
-    ids = splash.SegmentIds(q=seg, kv=seg)
-    return jax.vmap(lambda qh, kk, vv: kernel(qh, kk, vv, segment_ids=ids))(qr, kr, vr)
-
-  cast = lambda x: x.astype(spec.dtype)
-  out = jax.vmap(one_row)(cast(qc), cast(kc), cast(vc), segments)  # [B, K, G, T, H]
-  out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, hd).astype(jnp.float32)
-  return _take_rows(out, inverse, 1)
