@@ -10,12 +10,12 @@ cache slot or padding; no window on global layers). Every implementation compute
   some query of the block could see (decided from the positions of the whole batch: causality, the sliding window,
   empty slots), so local layers cost O(T * window) and the empty tail of a prefill cache costs nothing. Portable
   XLA; the CPU path and the fallback everywhere.
-- "cudnn" (GPU) / "pallas" (TPU, splash attention): fused flash kernels (`attention_kernels.py`). They apply only where the keys are the
-  queries' own sequence with default positions (`self_layout`), the case of training and scoring rows: the real
-  tokens are gathered to the front of each row, the kernel runs causal (or local) attention with the padding
-  masked by lengths / segment ids, and the rows are scattered back (padding query rows, which nothing reads, get
-  other values than dense gives them). Calls of another layout (the sampler's KV
-  cache, the completions of a shared prompt) run blockwise whatever the setting (logged).
+- "cudnn" (GPU) / "pallas" (TPU, splash attention): fused flash kernels (`attention_kernels.py`). They apply only
+  where the keys are the queries' own sequence with default positions (`self_layout`), the case of training and
+  scoring rows: the real tokens are gathered to the front of each row, the kernel runs causal (or local) attention
+  with the padding masked by lengths / segment ids, and the rows are scattered back (padding query rows, which
+  nothing reads, get other values than dense gives them). Calls of another layout (the sampler's KV cache, the
+  completions of a shared prompt) run blockwise whatever the setting (logged).
 - "auto": cudnn on GPUs and pallas on TPUs where they apply, blockwise otherwise; the choice and the reason are
   logged once per distinct case.
 Query rows that see no key at all (only possible for garbage rows: padding of an empty sequence) get an output
