@@ -15,8 +15,8 @@ def test_quick_run_reports_every_case(tmp_path):
   assert run.returncode == 0, run.stderr[-3000:]
   results = json.loads(out.read_text())
   assert [(r["kind"], r["impl"]) for r in results] == [
-      ("prefill", "dense"), ("prefill", "blockwise"), ("grpo", "dense"), ("grpo", "blockwise"),
-      ("sample", "blockwise")]
+      ("prefill", "paired"), ("grpo", "dense"), ("grpo", "blockwise"), ("sample", "blockwise")]
   assert not any(r["oom"] or r.get("failed") for r in results)
-  assert all(r["time_s"] > 0 and r["child_max_rss_mib"] > 100 for r in results)
-  assert "| prefill 2 rows x 64 |" in run.stdout and "time blockwise / dense" in run.stdout
+  assert set(results[0]["time_s"]) == {"dense", "blockwise"} and min(results[0]["time_s"].values()) > 0
+  assert all(r["time_s"] > 0 and r["child_max_rss_mib"] > 100 for r in results[1:])
+  assert "| prefill 2 rows x 64 (paired) |" in run.stdout and "time blockwise / dense" in run.stdout
