@@ -82,6 +82,9 @@ def grm(**overrides) -> ml_collections.ConfigDict:
   # Samples that show the same order share one prefill either way. (GRPO's G rollouts share one order.)
   g.num_distinct_orders = config_dict.placeholder(int)
   g.output_prefix = "Specific Criteria:"  # opens the answer so a base model starts in the asked format
+  # Bytes per device a sampling call may plan for: its B x k rows run in row chunks that fit (None = half the
+  # memory free at the call; spct_jax/sampling_memory.py). A row that cannot fit fails naming its item.
+  g.memory_budget_bytes = config_dict.placeholder(int)
   g.stop_after_scores = True  # end a sample at the `}` closing the \\boxed{..} after "Scores:"
   # Worked synthetic examples before the task (~1k prompt tokens each with Gemma's tokenizer): an untrained base
   # model needs them to answer in format at all.
