@@ -34,6 +34,8 @@ from unittest import mock
 
 from ml_collections import config_dict
 
+from spct_jax import files
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS_DIR = REPO / "configs"
 OUTPUT = REPO / "docs" / "CONFIGS.md"
@@ -235,16 +237,7 @@ def main(argv=None) -> int:
   except UndocumentedFields as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  if args.check:
-    current = args.out.read_text() if args.out.is_file() else None
-    if current != text:
-      print(f"{args.out} is out of date: run `python -m spct_jax.configref`", file=sys.stderr)
-      return 1
-    return 0
-  from spct_jax import files  # pylint: disable=g-import-not-at-top
-  files.write_lines(text.splitlines(), args.out)
-  print(f"wrote {args.out} ({len(text.splitlines())} lines)")
-  return 0
+  return files.write_generated(text, args.out, check=args.check, command="python -m spct_jax.configref")
 
 
 if __name__ == "__main__":
