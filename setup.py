@@ -5,6 +5,8 @@ import pathlib
 import setuptools
 
 README = pathlib.Path(__file__).with_name("README.md")
+# Executing notebooks/ (tests/test_notebooks.py runs each with nbclient on an ipykernel kernel).
+NOTEBOOKS = ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"]
 
 setuptools.setup(
     name="spct-jax",
@@ -48,7 +50,9 @@ setuptools.setup(
             "pytest>=8", "pytest-xdist>=3.5", "packaging>=24",
             # Numerical reference only (HF parity tests). 2.13.0 is the CPU wheel on the project's machines.
             "torch==2.13.0", "transformers>=5.0",
+            *NOTEBOOKS,
         ],
+        "notebooks": NOTEBOOKS,
         # Peers measured by benchmarks/ (not needed by the library or the tests).
         "bench": ["torch==2.13.0", "transformers>=5.0", "trl==1.16.0", "accelerate>=1.15", "datasets>=5.2",
                   "pandas", "psutil"],

@@ -30,9 +30,9 @@ def parse_variants(arg: str | None, valid, where: str) -> set[str]:
 
 def base(experiment: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.experiment = experiment
+  c.experiment = experiment  # which spct_jax.experiments module runs the config (EXPERIMENTS registry)
   c.seed = 0  # everything random (data order, response orders, sampling, tie-breaks) derives from it
-  c.compile_cache = DEFAULT_COMPILE_CACHE
+  c.compile_cache = DEFAULT_COMPILE_CACHE  # JAX persistent compilation cache folder; "" disables it
   return c
 
 
@@ -43,7 +43,7 @@ def model(**overrides) -> ml_collections.ConfigDict:
   # Tokenizer of random models: "synthetic" trains a small sentencepiece model at run time (offline, < 1 s);
   # anything else is a load_tokenizer name or path. Pretrained models bring their own.
   m.tokenizer = "gemma3-270m"
-  m.seed = 0  # random init
+  m.seed = 0  # seed of the random init
   m.param_dtype = "float32"  # storage dtype of the weights
   m.compute_dtype = "bfloat16"  # matmul inputs (f32 accumulation): fast on AMX/AVX-512 BF16 CPUs, GPUs, TPUs
   m.max_seq_len = 4096  # bounds the KV cache; longer items are skipped (counted in metrics / results)
@@ -63,8 +63,8 @@ def data(**overrides) -> ml_collections.ConfigDict:
   d.seed = 0  # which items, in which order, response order within an item
   # Generated ("synthetic") items: responses per item (n or an inclusive (lo, hi) range), kinds, difficulty.
   d.num_responses = (2, 2)
-  d.kinds = ("arithmetic", "unit_conversion", "sorting", "string_edit")
-  d.difficulty = "easy"
+  d.kinds = ("arithmetic", "unit_conversion", "sorting", "string_edit")  # synthetic task kinds drawn from
+  d.difficulty = "easy"  # synthetic operand sizes (spct_jax.data.synthetic.DIFFICULTIES)
   d.update(overrides)
   return d
 
@@ -76,8 +76,8 @@ def grm(**overrides) -> ml_collections.ConfigDict:
   g.chat_style = "raw"  # "raw" (the paper trains the pretrained base) or "gemma" (chat turns)
   g.max_new_tokens = 128  # per sample (rollouts, voting samples); most judgements end earlier (stop_after_scores)
   g.temperature = 1.0  # sampling temperature (GRPO rollouts; voting samples unless the evaluator sets its own)
-  g.top_k = config_dict.placeholder(int)  # optional sampling filters (top_p sorts the vocabulary: slow on CPU)
-  g.top_p = config_dict.placeholder(float)
+  g.top_k = config_dict.placeholder(int)  # sample among the k most likely tokens (None = off)
+  g.top_p = config_dict.placeholder(float)  # nucleus filter (None = off); sorts the vocabulary: slow on CPU
   # Response orders per item in voting: None = a fresh shuffle per sample (the paper); m = at most m orders, cycled.
   # Samples that show the same order share one prefill either way. (GRPO's G rollouts share one order.)
   g.num_distinct_orders = config_dict.placeholder(int)
@@ -89,23 +89,23 @@ def grm(**overrides) -> ml_collections.ConfigDict:
   # Worked synthetic examples before the task (~1k prompt tokens each with Gemma's tokenizer): an untrained base
   # model needs them to answer in format at all.
   g.num_demonstrations = 0
-  g.demo_seed = 1  # their synthetic stream (an index range apart from trained and held-out items)
+  g.demo_seed = 1  # the demonstrations' synthetic stream (an index range apart from trained and held-out items)
   g.update(overrides)
   return g
 
 
 def optimizer(total_steps, **overrides) -> ml_collections.ConfigDict:
   o = ml_collections.ConfigDict()  # spct_jax.train.step.OptimizerConfig fields
-  o.learning_rate = 1e-6
-  o.warmup_steps = 0
-  o.schedule = "constant"
-  o.total_steps = total_steps  # a FieldReference to the run's total_steps
-  o.weight_decay = 0.0
-  o.b1 = 0.9
-  o.b2 = 0.999
-  o.eps = 1e-8
-  o.grad_clip_norm = 1.0
-  o.grad_accum_steps = 1
+  o.learning_rate = 1e-6  # peak AdamW learning rate
+  o.warmup_steps = 0  # linear warmup from 0 over this many updates
+  o.schedule = "constant"  # after warmup: "constant" or "cosine" (decays to 0 at total_steps)
+  o.total_steps = total_steps  # the schedule's length: a FieldReference to the run's total_steps
+  o.weight_decay = 0.0  # AdamW decoupled weight decay
+  o.b1 = 0.9  # Adam first-moment decay
+  o.b2 = 0.999  # Adam second-moment decay
+  o.eps = 1e-8  # Adam denominator epsilon
+  o.grad_clip_norm = 1.0  # global-norm gradient clipping (None = off)
+  o.grad_accum_steps = 1  # micro-batches per update (optax.MultiSteps); the schedule counts updates
   o.trainable = ".*"  # regex over flat parameter keys
   o.update(overrides)
   return o
@@ -114,18 +114,18 @@ def optimizer(total_steps, **overrides) -> ml_collections.ConfigDict:
 def checkpoint(**overrides) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.every = 10  # steps between checkpoints (the last step and a SIGTERM always save)
-  c.keep = 2
-  c.async_save = True
+  c.keep = 2  # checkpoints kept (older ones are deleted)
+  c.async_save = True  # write checkpoints in the background while training continues
   c.update(overrides)
   return c
 
 
 def mesh(**overrides) -> ml_collections.ConfigDict:
   m = ml_collections.ConfigDict()  # spct_jax.sharding.MeshConfig; used when more than one device is visible
-  m.data = 1
-  m.fsdp = -1
-  m.tensor = 1
-  m.dcn_data = 1
+  m.data = 1  # data-parallel size (replicated parameters); -1 = the remaining devices
+  m.fsdp = -1  # parameter-sharded data-parallel size; -1 = the remaining devices
+  m.tensor = 1  # tensor / vocab-parallel size (heads, MLP, vocabulary split)
+  m.dcn_data = 1  # slices (or hosts) laid along data: only that axis crosses the slow network
   m.update(overrides)
   return m
 
@@ -133,11 +133,11 @@ def mesh(**overrides) -> ml_collections.ConfigDict:
 def voting_eval(**overrides) -> ml_collections.ConfigDict:
   """One `config.evals.<name>` entry of the held-out voting evaluator (spct_jax.evaluators.voting.VotingSpec)."""
   e = ml_collections.ConfigDict()
-  e.type = "voting"
+  e.type = "voting"  # evaluator kind (spct_jax.evaluators.EVALUATORS)
   e.every = 0  # trainers: every N steps and at the last step (0 = never); the eval experiment ignores it
   e.greedy = True  # one temperature-0 sample per item (the paper's "greedy" row)
   e.ks = ()  # voting@k over samples at `temperature`
-  e.temperature = config_dict.placeholder(float)  # None: grm.temperature
+  e.temperature = config_dict.placeholder(float)  # of the voting@k samples; None: grm.temperature
   e.nested_k = True  # draw max(ks) once, vote over prefixes (consistent, k_max / sum(ks) of the cost)
   e.batch_size = 8  # items per kernel call (rows = batch_size * k)
   e.update(overrides)
@@ -147,7 +147,7 @@ def voting_eval(**overrides) -> ml_collections.ConfigDict:
 def binary_eval(**overrides) -> ml_collections.ConfigDict:
   """One `config.evals.<name>` entry of the meta RM's held-out evaluator (spct_jax.evaluators.binary.BinarySpec)."""
   e = ml_collections.ConfigDict()
-  e.type = "binary"
+  e.type = "binary"  # the evaluator (spct_jax.evaluators registry)
   e.every = 0  # every N steps and at the last step (0 = never)
   e.batch_size = 32  # rows per scoring forward
   e.num_bins = 10  # equal-width bins of the expected calibration error

@@ -63,8 +63,8 @@ def get_config(arg: str | None = None):
   c.meta_rm.batch_size = common.config_dict.placeholder(int)  # rows per meta-RM forward; None = a whole batch
 
   c.output = common.ml_collections.ConfigDict()  # file names under the workdir (written by process 0 only)
-  c.output.results = "results.json"
-  c.output.plot = "accuracy_vs_k.png"
+  c.output.results = "results.json"  # metrics, counts, timing and the config
+  c.output.plot = "accuracy_vs_k.png"  # voting accuracy against k per dataset
   c.output.samples = "samples.jsonl"  # per-item texts and votes; "" = not written
   c.progress = True  # tqdm bars
 

@@ -21,7 +21,7 @@ VARIANTS = ("smoke", "gemma2_27b")
 def get_config(arg: str | None = None):
   variants = common.parse_variants(arg, VARIANTS, "configs/grpo.py")
   c = common.base("grpo")
-  c.total_steps = 20
+  c.total_steps = 20               # optimizer updates of the whole run (a resumed run continues to it)
   c.batch_size = 2                 # items per step; rollouts per step = batch_size * grpo.group_size
   c.warn_zero_signal_after = 5     # warn when no group had a reward spread for this many steps
 
@@ -38,14 +38,15 @@ def get_config(arg: str | None = None):
   c.grpo = common.ml_collections.ConfigDict()  # spct_jax.train.grpo_trainer.GRPOConfig (sampling: config.grm)
   c.grpo.group_size = 4            # G (paper: 4)
   c.grpo.beta = 0.08               # KL weight (paper: 0.08 for 27B)
-  c.grpo.epsilon = 0.2
-  c.grpo.epsilon_high = common.config_dict.placeholder(float)
-  c.grpo.kl_estimator = "k3"
-  c.grpo.aggregation = "sequence-mean-token-mean"
-  c.grpo.advantage_eps = 1e-4
-  c.grpo.advantage_std_ddof = 1
-  c.grpo.scale_advantages_by_std = True
-  c.grpo.num_iterations = 1        # mu
+  c.grpo.epsilon = 0.2             # lower clip range of the ratio, rho >= 1 - epsilon
+  c.grpo.epsilon_high = common.config_dict.placeholder(float)  # upper clip, rho <= 1 + epsilon_high; None = epsilon
+  c.grpo.kl_estimator = "k3"       # KL to the reference: "k1" -d, "k2" d^2/2, "k3" exp(d) - d - 1
+  c.grpo.aggregation = "sequence-mean-token-mean"  # the paper's 1/G sum_i 1/|o_i|; or "token-mean", "dr-grpo"
+  c.grpo.advantage_eps = 1e-4      # added to the group std in A = (r - mean) / (std + eps)
+  c.grpo.advantage_std_ddof = 1    # 1 = sample std (TRL), 0 = population std
+  c.grpo.scale_advantages_by_std = True  # False: A = r - mean (Dr. GRPO)
+  c.grpo.num_iterations = 1        # mu: updates per rollout batch (1 = on-policy)
+  # Tokens per log-prob chunk (bounds the [T, V] logits in memory); None = the whole completion at once.
   c.grpo.logprob_chunk_size = common.config_dict.placeholder(int)
 
   # Freeze the 262k x 640 tied embedding on CPU: saves its gradient and Adam moments.

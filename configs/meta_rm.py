@@ -29,7 +29,7 @@ VARIANTS = ("smoke", "full")
 def get_config(arg: str | None = None):
   variants = common.parse_variants(arg, VARIANTS, "configs/meta_rm.py")
   c = common.base("meta_rm")
-  c.total_steps = 200
+  c.total_steps = 200              # optimizer steps
   c.batch_size = 16                # trajectories per step
 
   c.model = common.model()         # the backbone: the base, or an RFT / GRPO checkpoint folder
@@ -40,15 +40,15 @@ def get_config(arg: str | None = None):
   c.data.heldout_fraction = 0.1    # items (all their trajectories) held out for evaluation
   # Fresh-sample items: the TRAINING split of data.name (the GRM trainers' split: the same eval_items held out).
   c.data.name = "synthetic"
-  c.data.num_items = 512
-  c.data.eval_items = 8
+  c.data.num_items = 512           # training items at most (0 = all), after the eval_items are held out
+  c.data.eval_items = 8            # held out by the GRM trainers; never fresh-sampled here
 
   c.fresh = common.ml_collections.ConfigDict()  # spct_jax.experiments.fresh_samples
   c.fresh.grm = ""                 # "" = off; the trained GRM (a model folder); "synthetic" = the scripted judge
   c.fresh.num_items = 64           # training items sampled (0 = all)
   c.fresh.k = 4                    # samples per item
   c.fresh.batch_size = 4           # items per sampling call
-  c.fresh.num_shards = 4
+  c.fresh.num_shards = 4           # work shards (a kill loses at most one shard of samples)
   c.fresh.error_rate = 0.4         # the synthetic judge only: fraction of wrong judgements
   # How fresh samples are drawn: voting's temperature (0.5, the paper's for scaling), since the meta RM filters
   # exactly such samples at inference.

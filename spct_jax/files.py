@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import pathlib
+import sys
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
@@ -104,3 +105,18 @@ def write_lines(lines: Iterable[str], path: PathLike) -> int:
 
 def write_jsonl(records: Iterable[dict], path: PathLike) -> int:
   return write_lines((json.dumps(r, ensure_ascii=False, allow_nan=False) for r in records), path)
+
+
+def write_generated(text: str, path: PathLike, *, check: bool, command: str) -> int:
+  """A generated file (docs/CONFIGS.md, docs/SCALING.md): writes `text` to `path` atomically, or with `check`
+  compares instead. Returns the exit status: 1 when `check` finds the file stale (saying how to regenerate it)."""
+  path = as_path(path)
+  if check:
+    if not path.is_file() or path.read_text() != text:
+      print(f"{path} is out of date: run `{command}`", file=sys.stderr)
+      return 1
+    return 0
+  with atomic_write(path) as f:
+    f.write(text)
+  print(f"wrote {path} ({len(text.splitlines())} lines)")
+  return 0

@@ -1,4 +1,5 @@
-"""Accuracy-vs-k figure of an evaluation (matplotlib, Agg backend: no display needed)."""
+"""Figures written as PNGs (matplotlib, Agg backend: no display needed): an evaluation's accuracy against k, and a
+run's metrics.jsonl curves."""
 
 from __future__ import annotations
 
@@ -6,6 +7,26 @@ import os
 from typing import Any
 
 from spct_jax import files
+
+
+def _pyplot():
+  """pyplot on the Agg backend (no display needed), imported on first use: importing it is slow."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+  """The figure as a PNG at `path`, written atomically; the figure is closed either way."""
+  plt = _pyplot()
+  try:
+    fig.tight_layout()
+    with files.atomic_write(path, "wb") as f:
+      fig.savefig(f, format="png", dpi=110)
+  finally:
+    plt.close(fig)
+
 
 PANELS = (("accuracy_tie_expected", "paper rule (random tie-break, expected)"),
           ("accuracy_strict", "strict rule, Eq. 10 (ties wrong)"))
@@ -22,9 +43,7 @@ def plot_accuracy_vs_k(datasets: dict[str, Any], path: str | os.PathLike, *, tit
     path: the PNG to write (atomically).
     title: figure title.
   """
-  import matplotlib  # Deferred: importing pyplot is slow and only this function needs it.
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt
+  plt = _pyplot()
 
   fig, axes = plt.subplots(1, len(PANELS), figsize=(5.5 * len(PANELS), 4.0), squeeze=False)
   all_ks = sorted({run["k"] for info in datasets.values() for name, run in info["runs"].items()
@@ -59,9 +78,26 @@ def plot_accuracy_vs_k(datasets: dict[str, Any], path: str | os.PathLike, *, tit
     ax.legend(fontsize=7)
   if title:
     fig.suptitle(title, fontsize=11)
-  fig.tight_layout()
-  try:
-    with files.atomic_write(path, "wb") as f:
-      fig.savefig(f, format="png", dpi=110)
-  finally:
-    plt.close(fig)
+  _save(fig, path)
+
+
+def plot_metrics(records: list[dict[str, Any]], path: str | os.PathLike, *, keys: tuple[str, ...], title: str = ""):
+  """Writes a PNG: one panel per metric in `keys` against the step (metrics.jsonl records, `read_metrics`);
+  evaluation metrics logged on some steps only are drawn at those steps. A key no record has is an error."""
+  plt = _pyplot()
+
+  missing = [key for key in keys if not any(key in record for record in records)]
+  if missing:
+    raise KeyError(f"no metrics record has {missing}; recorded keys: {sorted({k for r in records for k in r})}")
+  fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.0), squeeze=False)
+  for ax, key in zip(axes[0], keys):
+    points = [(record["step"], record[key]) for record in records if key in record]
+    steps, values = zip(*points)
+    ax.plot(steps, values, "o-", markersize=3)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("step")
+    ax.set_title(key, fontsize=9)
+    ax.grid(alpha=0.3)
+  if title:
+    fig.suptitle(title, fontsize=11)
+  _save(fig, path)

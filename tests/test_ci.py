@@ -101,7 +101,7 @@ def _lock() -> dict[str, str]:
   return pins
 
 
-@pytest.mark.parametrize("group", ["install_requires", "data", "test"])
+@pytest.mark.parametrize("group", ["install_requires", "data", "test", "notebooks"])
 def test_setup_requirements_are_locked_at_versions_they_admit(group):
   """requirements.lock is the environment CI installs; setup.py must name the same packages, at ranges the
   locked versions satisfy (so `pip install -e ".[test]"` and the lock describe one environment)."""

@@ -111,3 +111,23 @@ def test_parse_batch_per_row_score_ranges_and_width():
     parsing.parse_batch(texts, 1, score_range=[(0, 1)])
   with pytest.raises(ValueError, match="width=1"):
     parsing.parse_batch(texts, [1, 2, 1, 2], width=1)
+
+
+def test_split_judgement_inverts_format_answer():
+  from spct_jax.grm import templates
+  text = templates.format_answer("Accuracy (60%), clarity (40%).", "Response 1 is right; 2 is off by one.", (9, 2))
+  assert parsing.split_judgement(text) == {"principles": "Accuracy (60%), clarity (40%).",
+                                           "critique": "Response 1 is right; 2 is off by one.",
+                                           "scores": "\\boxed{9, 2}"}
+
+
+@pytest.mark.parametrize("text, expected", [
+    # No analysis: the principles run to "Scores:".
+    ("Specific Criteria: be exact.\nScores: \\boxed{3, 4}", {"principles": "be exact.", "critique": None,
+                                                            "scores": "\\boxed{3, 4}"}),
+    # Labels are searched in order: an "Analysis:" before "Specific Criteria:" is not the critique.
+    ("Analysis: first.\nSpecific Criteria: late", {"principles": "late", "critique": None, "scores": None}),
+    ("rambling without labels", {"principles": None, "critique": None, "scores": None}),
+])
+def test_split_judgement_missing_parts_are_none(text, expected):
+  assert parsing.split_judgement(text) == expected

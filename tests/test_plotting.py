@@ -1,6 +1,7 @@
-"""The accuracy-vs-k figure: one voting@k and one metarm@k curve per dataset, greedy as a horizontal line."""
+"""The accuracy-vs-k figure (one voting@k and one metarm@k curve per dataset, greedy as a line) and plot_metrics."""
 
 import pytest
+from matplotlib import image
 from matplotlib.axes import Axes
 
 from spct_jax import plotting
@@ -23,3 +24,24 @@ def test_draws_voting_and_metarm_curves_and_greedy(tmp_path, monkeypatch):
   assert [(kw["label"], list(a[0])) for a, kw in drawn] == [("llmbar voting@k", [1, 4]), ("llmbar metarm@k", [1, 4])] * 2
   assert [v for a, _ in drawn for v in a[1]] == pytest.approx([50, 55, 50, 80, 40, 50, 40, 75])
   assert [y for y, _ in lines] == pytest.approx([60, 50])
+
+
+RECORDS = [{"step": s, "reward_mean": 0.1 * s, "loss": 1.0 / s} for s in range(1, 5)]
+RECORDS[1]["heldout/greedy/accuracy_strict"] = 0.5  # an evaluation step
+RECORDS[3]["heldout/greedy/accuracy_strict"] = 1.0
+
+
+def test_one_panel_per_metric_written_as_png(tmp_path):
+  one, three = tmp_path / "one.png", tmp_path / "three.png"
+  plotting.plot_metrics(RECORDS, one, keys=("loss",))
+  plotting.plot_metrics(RECORDS, three, keys=("loss", "reward_mean", "heldout/greedy/accuracy_strict"), title="t")
+  assert one.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  width_one, width_three = image.imread(one).shape[1], image.imread(three).shape[1]
+  assert width_three == pytest.approx(3 * width_one, rel=0.02)  # 3.6 inches per panel
+  assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_a_metric_no_record_has_is_an_error_naming_it(tmp_path):
+  with pytest.raises(KeyError, match=r"\['kl'\].*'loss'"):
+    plotting.plot_metrics(RECORDS, tmp_path / "x.png", keys=("loss", "kl"))
+  assert not (tmp_path / "x.png").exists()

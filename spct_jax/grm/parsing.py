@@ -127,3 +127,29 @@ def parse_batch(texts: Sequence[str],
       scores[row, :n] = parsed.scores
       valid[row] = True
   return scores, valid, errors
+
+
+
+# The three answer lines the templates ask for (`templates.format_answer`), in order.
+JUDGEMENT_FIELDS = (("principles", "Specific Criteria:"), ("critique", "Analysis:"), ("scores", "Scores:"))
+
+
+def split_judgement(text: str) -> dict[str, str | None]:
+  """A trajectory's principles, critique and scores line: the text after "Specific Criteria:", "Analysis:" and
+  "Scores:", each label searched after the previous one and each part ending where the next label starts. A part
+  whose label is missing is None. For reading samples; `parse_scores` alone decides what the scores are."""
+  parts: dict[str, str | None] = {}
+  position, found = 0, []
+  for name, label in JUDGEMENT_FIELDS:
+    start = text.find(label, position)
+    found.append((name, None if start < 0 else start, label))
+    if start >= 0:
+      position = start + len(label)
+  starts = [s for _, s, _ in found if s is not None] + [len(text)]
+  for name, start, label in found:
+    if start is None:
+      parts[name] = None
+      continue
+    end = min(s for s in starts if s > start)
+    parts[name] = text[start + len(label):end].strip()
+  return parts
