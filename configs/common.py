@@ -140,6 +140,7 @@ def voting_eval(**overrides) -> ml_collections.ConfigDict:
   e.temperature = config_dict.placeholder(float)  # of the voting@k samples; None: grm.temperature
   e.nested_k = True  # draw max(ks) once, vote over prefixes (consistent, k_max / sum(ks) of the cost)
   e.batch_size = 8  # items per kernel call (rows = batch_size * k)
+  e.position_swap = False  # also judge each pair greedily with the best shown first and second (consistency)
   e.update(overrides)
   return e
 

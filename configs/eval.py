@@ -55,7 +55,8 @@ def get_config(arg: str | None = None):
   c.grm = common.grm(num_demonstrations=1, demo_seed=1_000_003, temperature=0.5)
 
   c.evals = common.ml_collections.ConfigDict()
-  c.evals.voting = common.voting_eval(greedy=True, ks=(1, 2, 4))  # run on each of data.names
+  # Run on each of data.names; position_swap: greedy with the best shown first and second (consistency).
+  c.evals.voting = common.voting_eval(greedy=True, ks=(1, 2, 4), position_swap=True)
 
   c.meta_rm = common.ml_collections.ConfigDict()  # MetaRM@k beside Voting@k (spct_jax.meta_rm)
   c.meta_rm.path = common.config_dict.placeholder(str)  # a meta_rm.save_meta_rm folder; None = voting only

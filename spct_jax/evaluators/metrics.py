@@ -9,7 +9,10 @@ metrics.jsonl and the README:
   parse_rate             fraction of the item's k samples whose scores parsed.
   no_valid               no sample parsed (all votes 0: a full tie, so tie_random is chance and strict is 0).
   gen_tokens, gen_chars  mean generated length over the k samples.
-`aggregate` averages these over items ("overall"), over categories ("macro") and per category / subset.
+`aggregate` averages these over items ("overall"), over categories ("macro") and per category / subset, and gives
+the overall accuracies a 95% percentile-bootstrap interval (`ci95`; items resampled with replacement, a fixed
+seed, so the interval is reproducible) and the per-item values they came from (`per_item`: a later step can pool
+datasets or pair two runs item by item).
 Single-response items (n = 1) are judged by their voted label (`voting.voted_label`: the mean of the valid samples'
 scores rounded half up).
 
@@ -34,6 +37,9 @@ METRICS = ("accuracy_strict", "accuracy_tie_random", "accuracy_tie_expected", "p
            "gen_chars")
 # The three every evaluation reports (periodic held-out evaluation logs exactly these per run).
 HEADLINE = ("accuracy_strict", "accuracy_tie_random", "parse_rate")
+# Metrics that get a bootstrap interval and are kept per item.
+INTERVAL_METRICS = ("accuracy_strict", "accuracy_tie_random")
+BOOTSTRAP_RESAMPLES = 2000
 
 
 def prefix_vote(sample_scores: np.ndarray, valid: np.ndarray, k: int) -> np.ndarray:
@@ -82,6 +88,22 @@ def _mean(values: np.ndarray) -> float | None:
   return float(np.nanmean(values))
 
 
+def bootstrap_interval(values: Sequence[float] | np.ndarray, *, level: float = 0.95,
+                       num_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> list[float] | None:
+  """Percentile-bootstrap interval [lo, hi] of the mean of per-item `values` (NaNs dropped); None without values."""
+  values = np.asarray(values, np.float64)
+  values = values[~np.isnan(values)]
+  if values.size == 0:
+    return None
+  draws = np.random.default_rng(seed).integers(0, values.size, (num_resamples, values.size))
+  lo, hi = np.quantile(values[draws].mean(axis=1), [(1 - level) / 2, (1 + level) / 2])
+  return [float(lo), float(hi)]
+
+
+def intervals(per_item: dict[str, np.ndarray], names: Sequence[str] = INTERVAL_METRICS) -> dict[str, Any]:
+  return {name: bootstrap_interval(per_item[name]) for name in names}
+
+
 def summarize(per_item: dict[str, np.ndarray], rows: np.ndarray | slice = slice(None)) -> dict[str, Any]:
   """Means of every metric over `rows`, plus the item count."""
   out: dict[str, Any] = {"items": int(np.asarray(per_item["accuracy_strict"])[rows].size)}
@@ -102,10 +124,29 @@ def aggregate(per_item: dict[str, np.ndarray], categories: Sequence[str],
   """Overall (micro) means, the macro mean over categories, and per-category / per-subset summaries."""
   by_category = {c: summarize(per_item, idx) for c, idx in _groups(categories).items()}
   macro = {name: _mean([s[name] for s in by_category.values() if s[name] is not None]) for name in METRICS}
-  out = {"overall": summarize(per_item), "macro": {"categories": len(by_category), **macro},
-         "by_category": by_category}
+  overall = {**summarize(per_item), "ci95": intervals(per_item)}
+  out = {"overall": overall, "macro": {"categories": len(by_category), **macro}, "by_category": by_category,
+         "per_item": {name: np.asarray(per_item[name], np.float64).tolist() for name in INTERVAL_METRICS}}
   if subsets is not None and any(s is not None for s in subsets):
     out["by_subset"] = {s: summarize(per_item, idx) for s, idx in _groups(subsets).items()}
+  return out
+
+
+def pooled(datasets: dict[str, Any]) -> dict[str, dict[str, Any]]:
+  """Per run present in every dataset: item-weighted accuracies over all datasets' items, with bootstrap intervals
+  (from each run's `per_item`), and the same for position-swap consistency where every dataset has it."""
+  runs = [set(info["runs"]) for info in datasets.values()]
+  out: dict[str, dict[str, Any]] = {}
+  for run in sorted(set.intersection(*runs)) if runs else []:
+    values = {name: np.concatenate([np.asarray(info["runs"][run]["per_item"][name], np.float64)
+                                    for info in datasets.values()]) for name in INTERVAL_METRICS}
+    out[run] = {"items": int(values[INTERVAL_METRICS[0]].size), **{n: _mean(v) for n, v in values.items()},
+                "ci95": intervals(values)}
+  swaps = [info.get("position_swap") for info in datasets.values()]
+  if swaps and all(swaps):
+    consistent = np.concatenate([np.asarray(s["per_item"]["consistent"], np.float64) for s in swaps])
+    out["position_swap"] = {"pairs": int(consistent.size), "consistency": _mean(consistent),
+                            "ci95": {"consistency": bootstrap_interval(consistent)}}
   return out
 
 

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from spct_jax import meta_rm as meta_rm_lib
 from spct_jax.data import schema
-from spct_jax.evaluators import metrics
+from spct_jax.evaluators import metrics, position_swap
 from spct_jax.grm import GRM, reward
 from spct_jax.grm.scorer import GRMOptions
 
@@ -62,6 +62,8 @@ class VotingSpec:
   nested_k: draw max(ks) once and vote over prefixes (see the module docstring); False: one draw per k.
   batch_size: items per kernel call (rows = batch_size * k).
   samples: keep per-item texts and votes (the eval experiment writes them to samples.jsonl).
+  position_swap: also judge every pair greedily with the best shown first and shown second
+    (`evaluators.position_swap`: consistency, the fraction correct in both orders).
   """
 
   type: str = "voting"
@@ -72,6 +74,7 @@ class VotingSpec:
   nested_k: bool = True
   batch_size: int = 8
   samples: bool = False
+  position_swap: bool = False
 
   @classmethod
   def from_config(cls, spec: Mapping[str, Any]) -> VotingSpec:
@@ -198,11 +201,15 @@ class Evaluation:
   runs: dict[str, dict[str, Any]]  # "greedy" / "voting@<k>" / "metarm@<k>" -> {"k", "overall", "macro", ...}
   timing: dict[str, float]
   records: list[dict[str, Any]]
+  position_swap: dict[str, Any] | None = None  # `position_swap.consistency_metrics` (spec.position_swap)
 
   def scalars(self) -> dict[str, float]:
     """Flat `<run>/<metric>` of the headline metrics (what a trainer logs per evaluation)."""
-    return {f"{run}/{name}": value["overall"][name] for run, value in self.runs.items()
-            for name in metrics.HEADLINE if value["overall"][name] is not None}
+    out = {f"{run}/{name}": value["overall"][name] for run, value in self.runs.items()
+           for name in metrics.HEADLINE if value["overall"][name] is not None}
+    if self.position_swap and self.position_swap["consistency"] is not None:
+      out["position_swap/consistency"] = self.position_swap["consistency"]
+    return out
 
 
 class VotingEvaluator:
@@ -235,9 +242,24 @@ class VotingEvaluator:
   def every(self) -> int:
     return self.spec.every
 
-  def _grm(self, model, temperature: float) -> MeasuredGRM:
+  def _grm(self, model, temperature: float, **changes) -> MeasuredGRM:
     return MeasuredGRM(model, self.tokenizer, mesh=self.mesh, **dataclasses.asdict(
-        dataclasses.replace(self.options, temperature=temperature)))
+        dataclasses.replace(self.options, temperature=temperature, **changes)))
+
+  def _position_swap(self, model, common: dict[str, Any]) -> tuple[dict[str, Any] | None, float]:
+    """Greedy strict correctness of every pair in both orders (responses as given: the shuffle is off)."""
+    first, second, _ = position_swap.swapped_pairs(self.items)
+    if not first:
+      return None, 0.0
+    grm, correct, seconds = self._grm(model, 0.0, shuffle=False), [], 0.0
+    for order, pairs in (("first", first), ("second", second)):
+      scored = score_items(grm, pairs, k=1, seed=derived_seed(self.seed, self.name, "swap", order),
+                           desc=f"{self.name} best shown {order}", **common)
+      per_item = metrics.item_metrics(scored.sample_scores[:, 0], scored.ratings, scored.response_mask,
+                                      scored.valid, jax.random.key(0))  # strict: no tie-break is drawn
+      correct.append(per_item["accuracy_strict"])
+      seconds += scored.seconds
+    return position_swap.consistency_metrics(*correct), seconds
 
   def evaluate(self, model) -> Evaluation:
     """Runs greedy (if asked) and every voting@k run on `model`."""
@@ -252,6 +274,9 @@ class VotingEvaluator:
       timing["greedy_s"] = scored.seconds
       if spec.samples:
         records += _sample_records(name, "greedy", items, scored)
+    swap = None
+    if spec.position_swap:
+      swap, timing["position_swap_s"] = self._position_swap(model, common)
     temperature = self.options.temperature if spec.temperature is None else spec.temperature
     ks = list(spec.ks)
     for draw in (ks[-1:] if spec.nested_k else ks):
@@ -270,7 +295,7 @@ class VotingEvaluator:
         if self.meta_rm is not None:
           k_meta = self.k_meta_for(k)
           runs[f"metarm@{k}"] = {**run, "k_meta": k_meta, **run_metrics(scored, items, k, key, k_meta=k_meta)}
-    return Evaluation(runs=runs, timing=timing, records=records)
+    return Evaluation(runs=runs, timing=timing, records=records, position_swap=swap)
 
   def __call__(self, model) -> dict[str, float]:
     """The periodic form: flat headline metrics, the item count and the skip counts."""

@@ -29,7 +29,7 @@ import numpy as np
 from spct_jax import evaluators as evaluators_lib
 from spct_jax import files, meta_rm, multihost, plotting
 from spct_jax.data import synthetic
-from spct_jax.evaluators import metrics
+from spct_jax.evaluators import metrics, position_swap
 from spct_jax.experiments import common, validation, workdir as workdir_lib
 
 v = validation
@@ -123,6 +123,7 @@ def run(config, workdir) -> dict[str, Any]:
           "read_stats": read_stats,
           "uids": [item.uid for item in items],
           "runs": result.runs,
+          "position_swap": result.position_swap,
           "timing": dict(result.timing, read_s=read_s),
       }
       records += result.records
@@ -133,6 +134,7 @@ def run(config, workdir) -> dict[str, Any]:
         "meta_rm": meta_info,
         "config": config.to_dict(),
         "datasets": datasets,
+        "pooled": metrics.pooled(datasets),
         "timing": {"load_model_s": load_s, "total_s": time.time() - start},
         "process_count": jax.process_count(),
         "devices": [str(d) for d in jax.devices()][:8],
@@ -147,6 +149,9 @@ def run(config, workdir) -> dict[str, Any]:
       if config.output.samples:
         files.write_jsonl(metrics.jsonable(records), workdir / config.output.samples)
       print(metrics.format_table(datasets), flush=True)
+      for name, info in datasets.items():
+        if info["position_swap"]:
+          print(position_swap.format_line(name, info["position_swap"]), flush=True)
       if rmb["paper"]:
         print(metrics.format_rmb_table(rmb["paper"]), flush=True)
       print(f"wrote {workdir / config.output.results} in {results['timing']['total_s']:.0f} s", flush=True)
