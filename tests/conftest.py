@@ -56,3 +56,19 @@ def data_root() -> pathlib.Path:
   if not DATA_ROOT.is_dir():
     pytest.skip(f"shared data folder {DATA_ROOT} is absent (set SPCT_DATA_ROOT to run these tests)")
   return DATA_ROOT
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+  """Drops JAX's compiled programs and traces after each test module.
+
+  One pytest process runs the whole suite; without this its memory grows with every module's executables (and the
+  real-model tests' weights they close over) until the host runs out, which XLA reports as an abort mid-compile.
+  """
+  yield
+  import gc
+
+  import jax
+
+  jax.clear_caches()
+  gc.collect()
