@@ -100,10 +100,12 @@ def test_bootstrap_interval_covers_the_mean_and_narrows_with_items():
 def test_pooled_weighs_datasets_by_items():
   def dataset(strict, swap=None):
     per_item = {"accuracy_strict": strict, "accuracy_tie_random": strict}
-    return {"runs": {"greedy": {"per_item": per_item}}, "position_swap": swap}
+    overall = {"items": len(strict), "parse_rate": 1.0 if strict[0] else 0.5}
+    return {"runs": {"greedy": {"per_item": per_item, "overall": overall}}, "position_swap": swap}
 
   pooled = metrics.pooled({"a": dataset([1.0, 1.0, 1.0]), "b": dataset([0.0])})
   assert pooled["greedy"]["items"] == 4 and pooled["greedy"]["accuracy_strict"] == 0.75
+  assert pooled["greedy"]["parse_rate"] == pytest.approx((3 * 1.0 + 1 * 0.5) / 4)  # item-weighted
   assert "position_swap" not in pooled  # not every dataset has it
   swap = {"per_item": {"consistent": [1.0, 0.0]}}
   pooled = metrics.pooled({"a": dataset([1.0], swap), "b": dataset([0.0], swap)})

@@ -133,14 +133,17 @@ def aggregate(per_item: dict[str, np.ndarray], categories: Sequence[str],
 
 
 def pooled(datasets: dict[str, Any]) -> dict[str, dict[str, Any]]:
-  """Per run present in every dataset: item-weighted accuracies over all datasets' items, with bootstrap intervals
-  (from each run's `per_item`), and the same for position-swap consistency where every dataset has it."""
+  """Per run present in every dataset: accuracies over all datasets' items, with bootstrap intervals (from each
+  run's `per_item`), the item-weighted parse rate, and position-swap consistency where every dataset has it."""
   runs = [set(info["runs"]) for info in datasets.values()]
   out: dict[str, dict[str, Any]] = {}
   for run in sorted(set.intersection(*runs)) if runs else []:
     values = {name: np.concatenate([np.asarray(info["runs"][run]["per_item"][name], np.float64)
                                     for info in datasets.values()]) for name in INTERVAL_METRICS}
+    overall = [info["runs"][run]["overall"] for info in datasets.values()]
+    parsed = [(o["parse_rate"], o["items"]) for o in overall if o["parse_rate"] is not None]
     out[run] = {"items": int(values[INTERVAL_METRICS[0]].size), **{n: _mean(v) for n, v in values.items()},
+                "parse_rate": sum(p * n for p, n in parsed) / sum(n for _, n in parsed) if parsed else None,
                 "ci95": intervals(values)}
   swaps = [info.get("position_swap") for info in datasets.values()]
   if swaps and all(swaps):

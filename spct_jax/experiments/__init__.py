@@ -12,9 +12,9 @@ import pathlib
 import runpy
 
 from spct_jax.experiments import eval as eval_experiment  # pylint: disable=redefined-builtin
-from spct_jax.experiments import grpo, meta_rm
+from spct_jax.experiments import grpo, meta_rm, spct
 
-EXPERIMENTS = {"grpo": grpo, "eval": eval_experiment, "meta_rm": meta_rm}
+EXPERIMENTS = {"grpo": grpo, "eval": eval_experiment, "meta_rm": meta_rm, "spct": spct}
 # The repository holding this package (an editable install or a clone): where relative config paths start.
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
