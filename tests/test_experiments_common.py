@@ -70,7 +70,7 @@ def test_naming_items_names_the_uids():
 
 def test_grpo_split_is_seeded_and_disjoint(data_root):
   config = runpy.run_path(str(CONFIGS / "grpo.py"))["get_config"]("smoke")
-  config.data.name, config.data.root, config.data.num_items, config.data.eval_items = "llmbar", str(data_root), 0, 5
+  config.data.name, config.data.root, config.data.num_items, config.data.eval_items = "pandalm", str(data_root), 0, 5
   train, heldout = common.train_and_heldout(config.data)
   assert len(heldout) == 5 and not {i.uid for i in train} & {i.uid for i in heldout}
   again = common.train_and_heldout(config.data)

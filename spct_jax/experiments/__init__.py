@@ -1,9 +1,9 @@
 """The experiment registry: `config.experiment` -> a module with `RULES` (its config checks) and
-`run(config, workdir)` (its loop body). rft_generate, rft, meta_rm and spct slot in here next."""
+`run(config, workdir)` (its loop body). meta_rm and spct slot in here next."""
 
 from spct_jax.experiments import eval as eval_experiment  # pylint: disable=redefined-builtin
-from spct_jax.experiments import grpo
+from spct_jax.experiments import grpo, rft, rft_generate
 
-EXPERIMENTS = {"grpo": grpo, "eval": eval_experiment}
+EXPERIMENTS = {"grpo": grpo, "eval": eval_experiment, "rft_generate": rft_generate, "rft": rft}
 
 __all__ = ["EXPERIMENTS"]
