@@ -26,6 +26,9 @@ REAL = {  # spec -> overrides that keep the real-model run to one short step / o
                         "--config.grm.max_new_tokens=4", "--config.evals.heldout.every=0"],
     "configs/eval.py": ["--config.data.max_items=1", "--config.evals.voting.ks=(1,)",
                         "--config.grm.max_new_tokens=4"],
+    "configs/rft_generate.py": ["--config.data.max_per_source=1", "--config.data.num_items=1",
+                                "--config.grm.max_new_tokens=4"],
+    "configs/rft.py": ["--config.total_steps=1", "--config.batch_size=1", "--config.evals.heldout.every=0"],
 }
 SMOKE = {  # spec -> (the spec that stands in for it, overrides appended)
     "configs/grpo.py": ("configs/grpo.py:smoke", ["--config.total_steps=2"]),
@@ -38,6 +41,15 @@ SMOKE = {  # spec -> (the spec that stands in for it, overrides appended)
     "configs/eval.py:full": ("configs/eval.py:smoke,full", [
         "--config.model.name=tiny-gemma3", "--config.data.max_items=1", "--config.grm.max_new_tokens=4",
         "--config.evals.voting.ks=(1,2)"]),
+    "configs/rft_generate.py": ("configs/rft_generate.py:smoke", ["--config.model.name=tiny-gemma3"]),
+    "configs/rft_generate.py:smoke": ("configs/rft_generate.py:smoke", []),
+    "configs/rft.py": ("configs/rft.py:smoke", ["--config.total_steps=2"]),
+    "configs/rft.py:smoke": ("configs/rft.py:smoke", []),
+}
+# config file -> the run whose workdir it reads (its smoke form, run first into <tmp>/prerequisite), and the key
+# that names that workdir (appended last, so it replaces the documented path).
+PREREQUISITES = {
+    "configs/rft.py": (["--config=configs/rft_generate.py:smoke"], "--config.data.rft_dir"),
 }
 
 
@@ -88,7 +100,8 @@ def _params():
 
 def test_the_documents_show_the_commands_this_test_expects():
   specs = {_spec(argv)[0] for _, argv in documented_commands()}
-  assert {"configs/grpo.py", "configs/grpo.py:smoke", "configs/eval.py", "configs/eval.py:smoke"} <= specs
+  assert {"configs/grpo.py", "configs/grpo.py:smoke", "configs/eval.py", "configs/eval.py:smoke",
+          "configs/rft_generate.py", "configs/rft_generate.py:smoke", "configs/rft.py", "configs/rft.py:smoke"} <= specs
   first = [argv for where, argv in documented_commands() if where == "README.md"][0]
   assert first == ["--config=configs/grpo.py"]  # the README's first command line
 
@@ -97,14 +110,29 @@ def test_the_documents_show_the_commands_this_test_expects():
 def test_documented_command_runs(tmp_path, argv, run_argv):
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)  # one device, like a user's run
-  result = subprocess.run([sys.executable, "-m", "spct_jax.main", *run_argv, f"--workdir={tmp_path}"], cwd=REPO,
-                          env=env, capture_output=True, timeout=1500)
+  main = [sys.executable, "-m", "spct_jax.main"]
+  config_file = _spec(run_argv)[0].split(":")[0]
+  if config_file in PREREQUISITES:
+    first, key = PREREQUISITES[config_file]
+    before = tmp_path / "prerequisite"
+    result = subprocess.run([*main, *first, f"--workdir={before}"], cwd=REPO, env=env, capture_output=True,
+                            timeout=1500)
+    assert result.returncode == 0, f"{first} (before {argv}):\n{result.stderr.decode()[-4000:]}"
+    run_argv = [*run_argv, f"{key}={before}"]
+  workdir = tmp_path / "run"
+  result = subprocess.run([*main, *run_argv, f"--workdir={workdir}"], cwd=REPO, env=env, capture_output=True,
+                          timeout=1500)
   assert result.returncode == 0, f"{argv} ran as {run_argv}:\n{result.stderr.decode()[-4000:]}"
-  if _spec(run_argv)[0].startswith("configs/grpo.py"):
-    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  if config_file in ("configs/grpo.py", "configs/rft.py"):
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert lines and all(line["params_finite"] == 1.0 for line in lines)
+    if config_file == "configs/rft.py":  # the trained model, ready for --config.model.name=
+      assert (workdir / "model" / "spct_config.json").is_file() and (workdir / "model" / "tokenizer.model").is_file()
+  elif config_file == "configs/rft_generate.py":
+    stats = json.loads((workdir / "stats.json").read_text())
+    assert stats["total"]["items_seen"] >= 1 and (workdir / "trajectories" / "dataset_info.json").is_file()
   else:
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((workdir / "results.json").read_text())
     for info in results["datasets"].values():
       assert all({"accuracy_strict", "accuracy_tie_random", "parse_rate"} <= set(run["overall"])
                  for run in info["runs"].values())

@@ -57,7 +57,8 @@ def train_demonstrations(config) -> dict[str, tuple[str, ...]]:
   grm_cfg = ConfigDict(config.grm.to_dict())
   grm_cfg.num_demonstrations = config.rft.train_demonstrations
   demos = common.demonstrations(grm_cfg)
-  return {"train_demonstrations": demos["demonstrations"], "train_single_demonstrations": demos["single_demonstrations"]}
+  return {"train_demonstrations": demos["demonstrations"],
+          "train_single_demonstrations": demos["single_demonstrations"]}
 
 
 def fingerprint(config, items) -> dict[str, Any]:
@@ -138,7 +139,8 @@ def run(config, workdir) -> dict[str, Any]:
     _sync("rft_generate: every shard written")
     if multihost.is_main_process():
       writer.finalize(stats_path=workdir / STATS_FILE, extra_stats={"selection": selection},
-                      description=f"spct-jax RFT trajectories of {config.model.name} on {list(config.data.train_sources)}")
+                      description=f"spct-jax RFT trajectories of {config.model.name} on "
+                                  f"{list(config.data.train_sources)}")
     _sync("rft_generate: finalized")
     written_stats = json.loads((workdir / STATS_FILE).read_text())
   per_source = {f"{key}/{source}": counts[key] for source, counts in written_stats["sources"].items()
