@@ -9,8 +9,8 @@ workdir of configs/rft_generate.py; `:smoke` reads runs/rft_generate-smoke). Wri
 judgement tokens' cross-entropy, tokens, grad_norm, sft_examples, sft_examples_dropped, held-out
 heldout/greedy/accuracy_strict, accuracy_tie_random and parse_rate every evals.heldout.every steps), orbax
 checkpoints (a re-run resumes; SIGTERM saves and exits) and, at the last step, the trained weights with their
-config and tokenizer in <workdir>/model/ (`export`, written atomically). That folder is a model path: pass it to
-configs/grpo.py or configs/eval.py as --config.model.name=<workdir>/model (init "pretrained", their default).
+config and tokenizer in <workdir>/grm/ (`export`, written atomically). That folder is a model path: pass it to
+configs/grpo.py or configs/eval.py as --config.model.name=<workdir>/grm (init "pretrained", their default).
 
 Choices (CPU defaults; the paper: lr 5e-6, batch 1024, 900 steps on 27B):
   * 30 steps of 4 packed rows (a row holds one RMB prompt and judgement, or several short ones): about one pass
@@ -40,7 +40,7 @@ def get_config(arg: str | None = None):
   c.total_steps = 30
   c.batch_size = 4                 # decoder rows per step (all processes together)
   c.logprob_chunk_size = common.config_dict.placeholder(int)  # sequence chunk of the log-prob pass (None: whole)
-  c.export = "model"               # the trained model folder under the workdir (load_model / model.name path)
+  c.export = "grm"                 # the trained model folder under the workdir (load_model / model.name path)
 
   c.model = common.model(max_seq_len=2560)  # the GRM to fine-tune (pretrained Gemma 3 270M)
   c.mesh = common.mesh()

@@ -5,6 +5,9 @@ tables below (the documented flags first, then the table's: later flags win), so
 docs is still run, and a new config spec fails here until it has a smoke form.
   * a bare command on the real model (no --config.* overrides): the real model, tiny steps (slow);
   * any other command: its config's smoke variant with the command's own overrides on top.
+A command that reads another run's output (`PREPARE`: e.g. eval with `--config.meta_rm.path=`, or rft, whose
+default `data.rft_dir` is rft_generate's workdir: `READS`) first gets that run, in its smoke form, in a folder of its
+own, and the flag is pointed at what it wrote.
 """
 
 import json
@@ -29,6 +32,13 @@ REAL = {  # spec -> overrides that keep the real-model run to one short step / o
     "configs/rft_generate.py": ["--config.data.max_per_source=1", "--config.data.num_items=1",
                                 "--config.grm.max_new_tokens=4"],
     "configs/rft.py": ["--config.total_steps=1", "--config.batch_size=1", "--config.evals.heldout.every=0"],
+    # 2 items x 2 samples of the real GRM (4 tokens: unparseable, all labelled wrong, hence balance=none), one step
+    # on the real backbone, one held-out evaluation.
+    "configs/meta_rm.py": ["--config.data.trajectories_dir=", "--config.fresh.grm=gemma3-270m",
+                           "--config.fresh.num_items=2", "--config.fresh.k=2", "--config.fresh.num_shards=1",
+                           "--config.grm.max_new_tokens=4", "--config.data.heldout_fraction=0.5",
+                           "--config.meta_rm.balance=none", "--config.total_steps=1", "--config.batch_size=2",
+                           "--config.evals.heldout.every=1"],
 }
 SMOKE = {  # spec -> (the spec that stands in for it, overrides appended)
     "configs/grpo.py": ("configs/grpo.py:smoke", ["--config.total_steps=2"]),
@@ -45,11 +55,20 @@ SMOKE = {  # spec -> (the spec that stands in for it, overrides appended)
     "configs/rft_generate.py:smoke": ("configs/rft_generate.py:smoke", []),
     "configs/rft.py": ("configs/rft.py:smoke", ["--config.total_steps=2"]),
     "configs/rft.py:smoke": ("configs/rft.py:smoke", []),
+    "configs/meta_rm.py": ("configs/meta_rm.py:smoke", ["--config.model.name=tiny-gemma3",
+                                                        "--config.data.trajectories_dir=",
+                                                        "--config.fresh.grm=synthetic", "--config.fresh.num_items=16"]),
+    "configs/meta_rm.py:smoke": ("configs/meta_rm.py:smoke", []),
+    "configs/meta_rm.py:full": ("configs/meta_rm.py:smoke,full", ["--config.model.name=tiny-gemma3",
+                                                                  "--config.total_steps=2"]),
 }
-# config file -> the run whose workdir it reads (its smoke form, run first into <tmp>/prerequisite), and the key
-# that names that workdir (appended last, so it replaces the documented path).
-PREREQUISITES = {
-    "configs/rft.py": (["--config=configs/rft_generate.py:smoke"], "--config.data.rft_dir"),
+PREPARE = {  # flag -> (the run that makes what it reads, in its smoke form; the path below that run's workdir)
+    "--config.meta_rm.path": (["--config=configs/meta_rm.py:smoke"], "meta_rm"),
+    "--config.data.rft_dir": (["--config=configs/rft_generate.py:smoke"], ""),
+}
+# config file -> the PREPARE flag its defaults read another run's output by (added when a command lacks it)
+READS = {
+    "configs/rft.py": "--config.data.rft_dir",
 }
 
 
@@ -101,38 +120,67 @@ def _params():
 def test_the_documents_show_the_commands_this_test_expects():
   specs = {_spec(argv)[0] for _, argv in documented_commands()}
   assert {"configs/grpo.py", "configs/grpo.py:smoke", "configs/eval.py", "configs/eval.py:smoke",
-          "configs/rft_generate.py", "configs/rft_generate.py:smoke", "configs/rft.py", "configs/rft.py:smoke"} <= specs
+          "configs/meta_rm.py", "configs/meta_rm.py:smoke", "configs/rft_generate.py", "configs/rft_generate.py:smoke",
+          "configs/rft.py", "configs/rft.py:smoke"} <= specs
   first = [argv for where, argv in documented_commands() if where == "README.md"][0]
   assert first == ["--config=configs/grpo.py"]  # the README's first command line
 
 
-@pytest.mark.parametrize("argv, run_argv", _params())
-def test_documented_command_runs(tmp_path, argv, run_argv):
+def _main(argv, workdir):
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)  # one device, like a user's run
-  main = [sys.executable, "-m", "spct_jax.main"]
+  result = subprocess.run([sys.executable, "-m", "spct_jax.main", *argv, f"--workdir={workdir}"], cwd=REPO, env=env,
+                          capture_output=True, timeout=1500)
+  return result.returncode, result.stderr.decode()[-4000:]
+
+
+def prepared(run_argv, folder) -> list[str]:
+  """`run_argv` with each `PREPARE` flag pointed at the output of its run (made here, under `folder`); a config in
+  `READS` gets its flag added first when the command relies on the default path."""
+  flag = READS.get(_spec(run_argv)[0].split(":")[0])
+  if flag and not any(arg.split("=", 1)[0] == flag for arg in run_argv):
+    run_argv = [*run_argv, f"{flag}=<prepared>"]
+  out = []
+  for arg in run_argv:
+    flag = arg.split("=", 1)[0]
+    if flag in PREPARE:
+      first, below = PREPARE[flag]
+      code, stderr = _main(first, folder / "prepare")
+      assert code == 0, f"{first} (to make {flag}) failed:\n{stderr}"
+      arg = f"{flag}={folder / 'prepare' / below}"
+    out.append(arg)
+  return out
+
+
+def _metrics(workdir):
+  lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert lines and all(line["params_finite"] == 1.0 for line in lines)
+  return lines
+
+
+@pytest.mark.parametrize("argv, run_argv", _params())
+def test_documented_command_runs(tmp_path, argv, run_argv):
+  run_argv = prepared(run_argv, tmp_path)
+  tmp_path = tmp_path / "run"
+  code, stderr = _main(run_argv, tmp_path)
+  assert code == 0, f"{argv} ran as {run_argv}:\n{stderr}"
   config_file = _spec(run_argv)[0].split(":")[0]
-  if config_file in PREREQUISITES:
-    first, key = PREREQUISITES[config_file]
-    before = tmp_path / "prerequisite"
-    result = subprocess.run([*main, *first, f"--workdir={before}"], cwd=REPO, env=env, capture_output=True,
-                            timeout=1500)
-    assert result.returncode == 0, f"{first} (before {argv}):\n{result.stderr.decode()[-4000:]}"
-    run_argv = [*run_argv, f"{key}={before}"]
-  workdir = tmp_path / "run"
-  result = subprocess.run([*main, *run_argv, f"--workdir={workdir}"], cwd=REPO, env=env, capture_output=True,
-                          timeout=1500)
-  assert result.returncode == 0, f"{argv} ran as {run_argv}:\n{result.stderr.decode()[-4000:]}"
-  if config_file in ("configs/grpo.py", "configs/rft.py"):
-    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert lines and all(line["params_finite"] == 1.0 for line in lines)
-    if config_file == "configs/rft.py":  # the trained model, ready for --config.model.name=
-      assert (workdir / "model" / "spct_config.json").is_file() and (workdir / "model" / "tokenizer.model").is_file()
+  if config_file == "configs/meta_rm.py":
+    assert "heldout/log_loss" in _metrics(tmp_path)[-1]
+    assert (tmp_path / "meta_rm" / "meta_rm.json").is_file()
+  elif config_file == "configs/grpo.py":
+    _metrics(tmp_path)
+  elif config_file == "configs/rft.py":
+    _metrics(tmp_path)
+    grm = tmp_path / "grm"  # the trained model, ready for --config.model.name=
+    assert (grm / "spct_config.json").is_file() and (grm / "tokenizer.model").is_file()
   elif config_file == "configs/rft_generate.py":
-    stats = json.loads((workdir / "stats.json").read_text())
-    assert stats["total"]["items_seen"] >= 1 and (workdir / "trajectories" / "dataset_info.json").is_file()
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["total"]["items_seen"] >= 1 and (tmp_path / "trajectories" / "dataset_info.json").is_file()
   else:
-    results = json.loads((workdir / "results.json").read_text())
+    results = json.loads((tmp_path / "results.json").read_text())
     for info in results["datasets"].values():
       assert all({"accuracy_strict", "accuracy_tie_random", "parse_rate"} <= set(run["overall"])
                  for run in info["runs"].values())
+      if any(arg.startswith("--config.meta_rm.path=") for arg in run_argv):
+        assert {f"metarm@{k}" for k in results["config"]["evals"]["voting"]["ks"]} <= set(info["runs"])

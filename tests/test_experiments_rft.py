@@ -78,7 +78,7 @@ def test_exported_model_loads_with_the_trained_logits(trained):
   from spct_jax import checkpoint
   from spct_jax.train.step import OptimizerConfig, init_train_state, make_optimizer
   config, workdir, summary = trained
-  folder = workdir / "model"
+  folder = workdir / "grm"
   assert summary["model_path"] == str(folder) and (folder / "spct_config.json").is_file()
   exported, tokenizer = common.build_model(common_model(name=str(folder), max_seq_len=2048, compute_dtype="float32"))
   # The trained state, restored from the run's last checkpoint into a fresh model of the same config.
@@ -104,7 +104,7 @@ def common_model(**overrides):
 @pytest.mark.slow  # two more experiments in-process
 def test_eval_and_grpo_run_on_the_exported_model(tmp_path, trained):
   from spct_jax.experiments import eval as eval_experiment, grpo
-  folder = str(trained[1] / "model")
+  folder = str(trained[1] / "grm")
   config = runpy.run_path(str(REPO / "configs" / "eval.py"))["get_config"]("smoke")
   config.model = common_model(name=folder, max_seq_len=2048)
   config.data.max_items, config.evals.voting.ks, config.grm.max_new_tokens, config.progress = 2, (), 4, False
@@ -126,14 +126,14 @@ def _command(workdir, rft_dir):
 @pytest.mark.slow  # three subprocess runs
 def test_sigterm_then_resume_continues_identically(tmp_path, rft_dir):
   def not_exported(workdir):
-    assert not (workdir / "model").exists()  # the model is exported at the last step only
+    assert not (workdir / "grm").exists()  # the model is exported at the last step only
 
   a, b, _ = preempted_runs.sigterm_then_resume(lambda workdir: _command(workdir, rft_dir), tmp_path, total_steps=5,
                                                when_stopped=not_exported)
   assert [line["step"] for line in b] == [1, 2, 3, 4, 5]
   assert preempted_runs.comparable(a) == preempted_runs.comparable(b)
   assert len({line["loss"] for line in a}) == 5  # each step saw its own batch
-  assert (tmp_path / "interrupted" / "model" / "spct_config.json").is_file()
+  assert (tmp_path / "interrupted" / "grm" / "spct_config.json").is_file()
 
 
 def test_unfinished_or_contaminated_data_is_refused(tmp_path, rft_dir):

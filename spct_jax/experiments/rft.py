@@ -11,7 +11,7 @@ Objective: next-token cross-entropy on the judgement tokens only (`train.sft.sft
 step (`train.step.make_train_step`). Resume, preemption, metrics.jsonl, the NaN stop, the progress bar and the
 periodic held-out evaluation (`config.evals.heldout` on data.eval_items items of data.eval_sources, which must share
 no source or prompt with the trajectories' items) are `train.loop`'s.
-At the last step the trained weights are exported to `<workdir>/<config.export>` (default `model/`) with
+At the last step the trained weights are exported to `<workdir>/<config.export>` (default `grm/`) with
 `weights.orbax_io.save_model` (parameters, config, tokenizer; written atomically): a model path for
 `--config.model.name=` of configs/grpo.py and configs/eval.py.
 """
