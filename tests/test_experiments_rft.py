@@ -1,6 +1,6 @@
 """The RFT SFT experiment (smoke config): it learns, resumes identically after a real SIGTERM, exports a model
 folder that the model builder, eval and GRPO load (logits equal to the trained state's), and refuses data that
-is unfinished or shares a prompt with its held-out items."""
+is unfinished, shares a prompt with its held-out items or comes from a held-out benchmark (so does the meta RM)."""
 
 import pathlib
 import runpy
@@ -159,3 +159,8 @@ def test_unfinished_or_contaminated_data_is_refused(tmp_path, rft_dir):
   write_rft_workdir(tmp_path / "llmbar", FirstWins(), llmbar)
   with pytest.raises(ValueError, match=r"training items come from \['llmbar'\]"):
     rft_experiment.run(smoke_config(tmp_path / "llmbar"), tmp_path / "run2")
+  from spct_jax.experiments import meta_rm  # the meta RM refuses the same trajectories
+  config = runpy.run_path(str(REPO / "configs" / "meta_rm.py"))["get_config"]("smoke")
+  config.data.trajectories_dir = str(tmp_path / "llmbar")
+  with pytest.raises(ValueError, match=r"training items come from \['llmbar'\]"):
+    meta_rm.load_examples(config, None)
