@@ -5,8 +5,9 @@ tables below (the documented flags first, then the table's: later flags win), so
 docs is still run, and a new config spec fails here until it has a smoke form.
   * a bare command on the real model (no --config.* overrides): the real model, tiny steps (slow);
   * any other command: its config's smoke variant with the command's own overrides on top.
-A command that reads another run's output (`PREPARE`: e.g. eval with `--config.meta_rm.path=`) first gets that run,
-in its smoke form, in a folder of its own, and the flag is pointed at what it wrote.
+A command that reads another run's output (`PREPARE`: e.g. eval with `--config.meta_rm.path=`, or rft, whose
+default `data.rft_dir` is rft_generate's workdir: `READS`) first gets that run, in its smoke form, in a folder of its
+own, and the flag is pointed at what it wrote.
 """
 
 import json
@@ -28,6 +29,9 @@ REAL = {  # spec -> overrides that keep the real-model run to one short step / o
                         "--config.grm.max_new_tokens=4", "--config.evals.heldout.every=0"],
     "configs/eval.py": ["--config.data.max_items=1", "--config.evals.voting.ks=(1,)",
                         "--config.grm.max_new_tokens=4"],
+    "configs/rft_generate.py": ["--config.data.max_per_source=1", "--config.data.num_items=1",
+                                "--config.grm.max_new_tokens=4"],
+    "configs/rft.py": ["--config.total_steps=1", "--config.batch_size=1", "--config.evals.heldout.every=0"],
     # 2 items x 2 samples of the real GRM (4 tokens: unparseable, all labelled wrong, hence balance=none), one step
     # on the real backbone, one held-out evaluation.
     "configs/meta_rm.py": ["--config.data.trajectories_dir=", "--config.fresh.grm=gemma3-270m",
@@ -47,6 +51,10 @@ SMOKE = {  # spec -> (the spec that stands in for it, overrides appended)
     "configs/eval.py:full": ("configs/eval.py:smoke,full", [
         "--config.model.name=tiny-gemma3", "--config.data.max_items=1", "--config.grm.max_new_tokens=4",
         "--config.evals.voting.ks=(1,2)"]),
+    "configs/rft_generate.py": ("configs/rft_generate.py:smoke", ["--config.model.name=tiny-gemma3"]),
+    "configs/rft_generate.py:smoke": ("configs/rft_generate.py:smoke", []),
+    "configs/rft.py": ("configs/rft.py:smoke", ["--config.total_steps=2"]),
+    "configs/rft.py:smoke": ("configs/rft.py:smoke", []),
     "configs/meta_rm.py": ("configs/meta_rm.py:smoke", ["--config.model.name=tiny-gemma3",
                                                         "--config.data.trajectories_dir=",
                                                         "--config.fresh.grm=synthetic", "--config.fresh.num_items=16"]),
@@ -56,6 +64,11 @@ SMOKE = {  # spec -> (the spec that stands in for it, overrides appended)
 }
 PREPARE = {  # flag -> (the run that makes what it reads, in its smoke form; the path below that run's workdir)
     "--config.meta_rm.path": (["--config=configs/meta_rm.py:smoke"], "meta_rm"),
+    "--config.data.rft_dir": (["--config=configs/rft_generate.py:smoke"], ""),
+}
+# config file -> the PREPARE flag its defaults read another run's output by (added when a command lacks it)
+READS = {
+    "configs/rft.py": "--config.data.rft_dir",
 }
 
 
@@ -107,7 +120,8 @@ def _params():
 def test_the_documents_show_the_commands_this_test_expects():
   specs = {_spec(argv)[0] for _, argv in documented_commands()}
   assert {"configs/grpo.py", "configs/grpo.py:smoke", "configs/eval.py", "configs/eval.py:smoke",
-          "configs/meta_rm.py", "configs/meta_rm.py:smoke"} <= specs
+          "configs/meta_rm.py", "configs/meta_rm.py:smoke", "configs/rft_generate.py", "configs/rft_generate.py:smoke",
+          "configs/rft.py", "configs/rft.py:smoke"} <= specs
   first = [argv for where, argv in documented_commands() if where == "README.md"][0]
   assert first == ["--config=configs/grpo.py"]  # the README's first command line
 
@@ -121,7 +135,11 @@ def _main(argv, workdir):
 
 
 def prepared(run_argv, folder) -> list[str]:
-  """`run_argv` with each `PREPARE` flag pointed at the output of its run (made here, under `folder`)."""
+  """`run_argv` with each `PREPARE` flag pointed at the output of its run (made here, under `folder`); a config in
+  `READS` gets its flag added first when the command relies on the default path."""
+  flag = READS.get(_spec(run_argv)[0].split(":")[0])
+  if flag and not any(arg.split("=", 1)[0] == flag for arg in run_argv):
+    run_argv = [*run_argv, f"{flag}=<prepared>"]
   out = []
   for arg in run_argv:
     flag = arg.split("=", 1)[0]
@@ -134,20 +152,31 @@ def prepared(run_argv, folder) -> list[str]:
   return out
 
 
+def _metrics(workdir):
+  lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert lines and all(line["params_finite"] == 1.0 for line in lines)
+  return lines
+
+
 @pytest.mark.parametrize("argv, run_argv", _params())
 def test_documented_command_runs(tmp_path, argv, run_argv):
   run_argv = prepared(run_argv, tmp_path)
   tmp_path = tmp_path / "run"
   code, stderr = _main(run_argv, tmp_path)
   assert code == 0, f"{argv} ran as {run_argv}:\n{stderr}"
-  spec = _spec(run_argv)[0]
-  if spec.startswith("configs/meta_rm.py"):
-    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert lines and all(line["params_finite"] == 1.0 for line in lines) and "heldout/log_loss" in lines[-1]
+  config_file = _spec(run_argv)[0].split(":")[0]
+  if config_file == "configs/meta_rm.py":
+    assert "heldout/log_loss" in _metrics(tmp_path)[-1]
     assert (tmp_path / "meta_rm" / "meta_rm.json").is_file()
-  elif spec.startswith("configs/grpo.py"):
-    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert lines and all(line["params_finite"] == 1.0 for line in lines)
+  elif config_file == "configs/grpo.py":
+    _metrics(tmp_path)
+  elif config_file == "configs/rft.py":
+    _metrics(tmp_path)
+    grm = tmp_path / "grm"  # the trained model, ready for --config.model.name=
+    assert (grm / "spct_config.json").is_file() and (grm / "tokenizer.model").is_file()
+  elif config_file == "configs/rft_generate.py":
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["total"]["items_seen"] >= 1 and (tmp_path / "trajectories" / "dataset_info.json").is_file()
   else:
     results = json.loads((tmp_path / "results.json").read_text())
     for info in results["datasets"].values():

@@ -70,7 +70,7 @@ def test_naming_items_names_the_uids():
 
 def test_grpo_split_is_seeded_and_disjoint(data_root):
   config = runpy.run_path(str(CONFIGS / "grpo.py"))["get_config"]("smoke")
-  config.data.name, config.data.root, config.data.num_items, config.data.eval_items = "llmbar", str(data_root), 0, 5
+  config.data.name, config.data.root, config.data.num_items, config.data.eval_items = "pandalm", str(data_root), 0, 5
   train, heldout = common.train_and_heldout(config.data)
   assert len(heldout) == 5 and not {i.uid for i in train} & {i.uid for i in heldout}
   again = common.train_and_heldout(config.data)
@@ -101,3 +101,98 @@ def test_load_config_builds_the_variant_like_the_flag_and_locks_it(tmp_path):
   (tmp_path / "mine.py").write_text("import ml_collections\n\ndef get_config(arg=None):\n"
                                     "  return ml_collections.ConfigDict({'variant': arg})\n")
   assert experiments.load_config("mine.py:x", root=tmp_path).variant == "x"
+
+
+# ---- training data and held-out data -------------------------------------------------------------------------
+def _conversations(items):
+  return {tuple((role, " ".join(text.split())) for role, text in item.conversation) for item in items}
+
+
+def test_real_configs_train_on_no_heldout_source_or_prompt(data_root):
+  from spct_jax.data import readers
+  generate = runpy.run_path(str(CONFIGS / "rft_generate.py"))["get_config"]()
+  generate.data.root = str(data_root)
+  items, stats = common.training_items(generate.data)
+  assert len(items) == generate.data.num_items == 256
+  assert {item.source for item in items} == set(generate.data.train_sources)
+  assert all(s["selected"] == 64 for s in stats.values())
+  # Independently: no training conversation is the conversation of any item of the four held-out benchmarks.
+  held = set().union(*(_conversations(readers.read_dataset(name, data_root).items) for name in common.HELDOUT_SOURCES))
+  assert not _conversations(items) & held
+  assert stats["rmb_pairwise"]["dropped_shared_prompt"] > 0 and stats["pandalm"]["dropped_shared_prompt"] > 0
+  # The SFT config evaluates on a held-out benchmark only; GRPO's default trains on generated items.
+  sft = runpy.run_path(str(CONFIGS / "rft.py"))["get_config"]()
+  assert set(sft.data.eval_sources) <= set(common.HELDOUT_SOURCES)
+  common.check_sources(generate.data.train_sources, sft.data.eval_sources)
+  grpo = runpy.run_path(str(CONFIGS / "grpo.py"))["get_config"]()
+  train, heldout, dropped = common.split_items(grpo.data)
+  # One of the 512 generated training questions is also one of the 8 held-out ones: dropped, counted.
+  assert dropped == {"synthetic": 1} and len(train) == grpo.data.num_items - 1 and len(heldout) == 8
+  assert not _conversations(train) & _conversations(heldout)
+
+
+def test_a_config_naming_a_heldout_benchmark_for_training_fails():
+  from spct_jax.experiments import grpo, rft_generate, validation
+  config = runpy.run_path(str(CONFIGS / "rft_generate.py"))["get_config"]("smoke")
+  config.data.train_sources = ("synthetic", "llmbar")
+  with pytest.raises(validation.ConfigError, match=r"names 'llmbar', which is held out for evaluation"):
+    rft_generate.run(config, "/nonexistent/never-created")  # fails before any model or workdir
+  config.data.train_sources, config.data.eval_sources = ("pandalm",), ("pandalm", "llmbar")
+  with pytest.raises(validation.ConfigError, match=r"\['pandalm'\] are both trained on"):
+    common.training_items(config.data)
+  with pytest.raises(validation.ConfigError, match=r"names 'nope'; valid"):
+    common.check_sources(("nope",))
+  config = runpy.run_path(str(CONFIGS / "grpo.py"))["get_config"]("smoke")
+  config.data.name = "rmb_bon"
+  with pytest.raises(validation.ConfigError, match=r"config.data.name names 'rmb_bon'"):
+    grpo.run(config, "/nonexistent/never-created")
+  # Items that say they come from a held-out benchmark (a .jsonl copy of one, say) fail too.
+  with pytest.raises(ValueError, match=r"training items come from \['judgebench'\].*'j0'"):
+    common.check_disjoint([_item("j0", "c", source="judgebench")], [])
+  with pytest.raises(ValueError, match=r"training items come from \['mine'\]"):
+    common.check_disjoint([_item("a", "c", source="mine")], [_item("b", "c", source="mine")])
+
+
+def test_rmb_pairwise_items_with_a_best_of_n_prompt_are_dropped_and_counted(data_root):
+  from spct_jax.data import readers
+  config = runpy.run_path(str(CONFIGS / "rft_generate.py"))["get_config"]()
+  config.data.root, config.data.eval_sources = str(data_root), ()
+  config.data.max_per_source, config.data.num_items = 0, 0
+  items, stats = common.training_items(config.data)
+  # Every training source repeats some held-out prompts (the counts the README quotes).
+  assert {name: s["dropped_shared_prompt"] for name, s in stats.items()} == {
+      "rmb_pairwise": 12_320, "hh_rlhf": 23, "pandalm": 64, "auto_j": 39}
+  items = [item for item in items if item.source == "rmb_pairwise"]
+  pairs = readers.read_dataset("rmb_pairwise", data_root).items
+  bon = _conversations(readers.read_dataset("rmb_bon", data_root).items)
+  shared = [item for item in pairs if _conversations([item]) <= bon]
+  assert len(shared) == 12_320  # RMB's two sets share 1,906 conversations
+  assert stats["rmb_pairwise"] == {"read": len(pairs), "dropped_shared_prompt": len(shared), "skipped_too_long": 0,
+                                   "selected": len(pairs) - len(shared)}
+  assert sorted(item.uid for item in items) == sorted({i.uid for i in pairs} - {i.uid for i in shared})
+
+
+def test_training_stream_is_seeded_mixed_and_capped(tmp_path):
+  from spct_jax.data import readers
+  config = runpy.run_path(str(CONFIGS / "rft_generate.py"))["get_config"]("smoke")
+  mine = [_item(f"mine.jsonl:{i}", "c", responses=(f"good {i}", "bad"), source="mine") for i in range(10)]
+  readers.write_jsonl(mine, tmp_path / "mine.jsonl")
+  config.data.root, config.data.train_sources = str(tmp_path), ("synthetic", "mine.jsonl")
+  config.data.max_per_source, config.data.num_items = 6, 10
+  long_uids = {"mine.jsonl:1", "mine.jsonl:2"}
+  fits = lambda item: item.uid not in long_uids
+  items, stats = common.training_items(config.data, fits=fits)
+  assert len(items) == 10 and stats["mine.jsonl"]["selected"] == 6 and stats["synthetic"]["selected"] == 6
+  assert stats["mine.jsonl"]["skipped_too_long"] in (1, 2) and not long_uids & {item.uid for item in items}
+  assert {item.source for item in items} == {"mine", "synthetic"}
+  assert [item.source for item in items] != sorted(item.source for item in items)  # mixed, not concatenated
+  assert [i.uid for i in common.training_items(config.data, fits=fits)[0]] == [i.uid for i in items]
+  config.data.seed = 1
+  assert [i.uid for i in common.training_items(config.data, fits=fits)[0]] != [i.uid for i in items]
+  # A synthetic training item whose question a held-out item asks is dropped (the two ranges can repeat one).
+  config.data.seed, config.data.train_sources, config.data.eval_items = 0, ("synthetic",), 64
+  config.data.max_per_source, config.data.num_items = 0, 200
+  items, stats = common.training_items(config.data)
+  heldout = common.eval_items(config.data)[0]
+  assert stats["synthetic"]["dropped_shared_prompt"] == 200 - len(items) > 0
+  assert not _conversations(items) & _conversations(heldout)

@@ -142,11 +142,13 @@ class TrajectoryWriter:
         writer.close()
     return path
 
-  def finalize(self, *, stats_path: str | os.PathLike | None = None,
+  def finalize(self, *, stats_path: str | os.PathLike | None = None, extra_stats: Mapping[str, Any] | None = None,
                description: str = "spct-jax RFT trajectories") -> rft.Stats:
     """Once every shard exists: TFDS metadata and (if given) stats.json, both written atomically.
 
-    Returns the per-source stats of all records (`rft.stats_from_trajectories`). Idempotent.
+    extra_stats: more top-level entries of stats.json (e.g. how the items were selected), beside "sources" and
+    "total" (`rft.stats_to_json`). Returns the per-source stats of all records (`rft.stats_from_trajectories`).
+    Idempotent.
     """
     missing = [s for s in range(self.num_shards) if not self.is_complete(s)]
     if missing:
@@ -159,7 +161,7 @@ class TrajectoryWriter:
       records += shard
     stats = rft.stats_from_trajectories(records)
     if stats_path is not None:
-      files.write_json(rft.stats_to_json(stats), stats_path)
+      files.write_json({**rft.stats_to_json(stats), **dict(extra_stats or {})}, stats_path)
     info = tfds.core.DatasetInfo(
         builder=tfds.core.DatasetIdentity(name=DATASET_NAME, version=tfds.core.Version(VERSION),
                                           data_dir=os.fspath(self.directory), module_name=""),

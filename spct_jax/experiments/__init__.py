@@ -12,9 +12,10 @@ import pathlib
 import runpy
 
 from spct_jax.experiments import eval as eval_experiment  # pylint: disable=redefined-builtin
-from spct_jax.experiments import grpo, meta_rm, spct
+from spct_jax.experiments import grpo, meta_rm, rft, rft_generate, spct
 
-EXPERIMENTS = {"grpo": grpo, "eval": eval_experiment, "meta_rm": meta_rm, "spct": spct}
+EXPERIMENTS = {"grpo": grpo, "eval": eval_experiment, "rft_generate": rft_generate, "rft": rft, "meta_rm": meta_rm,
+               "spct": spct}
 # The repository holding this package (an editable install or a clone): where relative config paths start.
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 

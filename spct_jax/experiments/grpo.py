@@ -16,7 +16,6 @@ import jax
 import numpy as np
 
 from spct_jax import evaluators as evaluators_lib
-from spct_jax.data import synthetic
 from spct_jax.experiments import common, validation, workdir as workdir_lib
 from spct_jax.grm import reward, scorer
 from spct_jax.train import loop
@@ -27,26 +26,16 @@ log = logging.getLogger(__name__)
 v = validation
 RULES = (
     v.integer("seed"), v.integer("total_steps", 1), v.integer("batch_size", 1),
-    v.integer("warn_zero_signal_after", 0),
-    v.integer("checkpoint.every", 1), v.integer("checkpoint.keep", 1), v.boolean("checkpoint.async_save"),
-    v.one_of("model.init", ("pretrained", "random")), v.integer("model.max_seq_len", 16), v.string("model.name"),
-    v.one_of("model.param_dtype", ("float32", "bfloat16")), v.one_of("model.compute_dtype", ("float32", "bfloat16")),
-    v.integer("model.vocab_size", 1, optional=True),
+    v.integer("warn_zero_signal_after", 0), *v.checkpoint_rules(), *v.model_rules(),
     v.string("data.name"), v.integer("data.seed"), v.integer("data.num_items", 0), v.integer("data.eval_items", 0),
-    v.int_or_range("data.num_responses", 1, synthetic.MAX_RESPONSES), v.subset_of("data.kinds", synthetic.KINDS),
-    v.one_of("data.difficulty", synthetic.DIFFICULTIES),
-    v.integer("grm.max_new_tokens", 1), v.integer("grm.num_demonstrations", 0), v.integer("grm.demo_seed"),
-    v.number("grm.temperature", 0.0, strict=True, why="rollouts at temperature 0 are identical: zero advantages"),
-    v.integer("grm.top_k", 1, optional=True), v.number("grm.top_p", 0.0, strict=True, maximum=1.0, optional=True),
-    v.one_of("grm.chat_style", ("raw", "gemma")), v.boolean("grm.stop_after_scores"),
-    v.integer("grm.num_distinct_orders", 1, optional=True),
+    *v.synthetic_rules(),
+    *v.grm_rules(v.number("grm.temperature", 0.0, strict=True,
+                          why="rollouts at temperature 0 are identical: zero advantages")),
     v.integer("grpo.group_size", 2, why="G = 1 gives every rollout advantage 0: nothing is learned"),
     v.number("grpo.beta", 0.0), v.number("grpo.epsilon", 0.0, strict=True), v.integer("grpo.num_iterations", 1),
     v.one_of("grpo.kl_estimator", ("k1", "k2", "k3")),
     v.one_of("grpo.aggregation", ("sequence-mean-token-mean", "token-mean", "dr-grpo")),
-    v.number("optimizer.learning_rate", 0.0, strict=True), v.integer("optimizer.warmup_steps", 0),
-    v.one_of("optimizer.schedule", ("constant", "cosine")), v.integer("optimizer.grad_accum_steps", 1),
-    v.number("optimizer.grad_clip_norm", 0.0, strict=True, optional=True),
+    *v.optimizer_rules(),
 )
 PROGRESS_KEYS = ("reward_mean", "accuracy", "kl", "parse_rate", "tokens_per_s")
 
@@ -102,21 +91,20 @@ class GRPOBody:
 
 def run(config, workdir) -> dict:
   validation.check(config, RULES + validation.evals(config))
+  common.check_sources((config.data.name,), where="config.data.name")  # a held-out benchmark is never trained on
   specs = {name: evaluators_lib.spec_from_config(spec, name) for name, spec in config.evals.items()}
   if config.data.eval_items == 0 and any(spec.every for spec in specs.values()):
     raise validation.ConfigError("config.data.eval_items=0 leaves no held-out items for config.evals "
                                  f"{sorted(n for n, s in specs.items() if s.every)}; set their every=0 or "
                                  "data.eval_items >= 1")
   with workdir_lib.locked(workdir) as workdir:
-    mesh = common.build_mesh(config)
-    model, tokenizer = common.build_model(config.model, mesh)
-    options = common.grm_options(config)
-    budget = common.ContextBudget(tokenizer, options, model.cfg.max_seq_len)
-    loaded, heldout = common.train_and_heldout(config.data)
+    mesh, model, tokenizer, options, budget = common.build_run(config)
+    loaded, heldout, dropped = common.split_items(config.data)
     train_items, skipped = common.drop_too_long(loaded, budget, f"training items of {config.data.name!r}")
     sources = collections.Counter(item.source for item in loaded)
     data_metrics = {"train_items": float(len(train_items)),
-                    **{f"skipped_too_long/{s}": float(skipped.get(s, 0)) for s in sorted(sources)}}
+                    **{f"skipped_too_long/{s}": float(skipped.get(s, 0)) for s in sorted(sources)},
+                    **{f"dropped_shared_prompt/{s}": float(n) for s, n in dropped.items()}}
     evaluators = {}
     for name, spec in config.evals.items():
       if not specs[name].every:

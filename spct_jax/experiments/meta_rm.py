@@ -91,6 +91,7 @@ def load_examples(config, fresh_dir: str | None) -> tuple[list[mx.MetaRMExample]
   examples, counts = [], {}
   for name, directory in origins:
     records = trajectories.read_trajectories(directory, hinted=False)
+    common.check_disjoint([t.item() for t in records], [])  # no trajectory of a held-out benchmark's item
     part = mx.examples_from_trajectories(records, chat_style=config.meta_rm.chat_style,
                                          valid_only=config.meta_rm.valid_only)
     counts[name] = len(part)

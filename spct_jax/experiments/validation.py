@@ -146,3 +146,50 @@ def evals(config, types: Sequence[str] = ("voting",)) -> tuple[Rule, ...]:
     kind = lookup(config, f"evals.{name}.type")
     rules += EVAL_RULES[kind](f"evals.{name}") if kind in types else [one_of(f"evals.{name}.type", types)]
   return tuple(rules)
+
+
+def names(key: str, *, nonempty: bool = True) -> Rule:
+  """A tuple of strings (source names, file names); what they may be is checked where they are resolved."""
+  return Rule(key, lambda v: isinstance(v, (tuple, list)) and (bool(v) or not nonempty) and all(
+      isinstance(x, str) for x in v), f"a {'non-empty ' if nonempty else ''}tuple of names")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Rule groups of the shared config pieces (configs/common.py), one list per piece.
+
+
+def model_rules() -> tuple[Rule, ...]:
+  """config.model (`experiments.common.build_model`)."""
+  dtypes = ("float32", "bfloat16")
+  return (one_of("model.init", ("pretrained", "random")), integer("model.max_seq_len", 16), string("model.name"),
+          one_of("model.param_dtype", dtypes), one_of("model.compute_dtype", dtypes),
+          integer("model.vocab_size", 1, optional=True))
+
+
+def grm_rules(temperature: Rule | None = None) -> tuple[Rule, ...]:
+  """config.grm (`experiments.common.grm_options`); `temperature` replaces the default rule (a number >= 0)."""
+  return (integer("grm.max_new_tokens", 1), integer("grm.num_demonstrations", 0), integer("grm.demo_seed"),
+          temperature or number("grm.temperature", 0.0), integer("grm.top_k", 1, optional=True),
+          number("grm.top_p", 0.0, strict=True, maximum=1.0, optional=True),
+          one_of("grm.chat_style", ("raw", "gemma")), boolean("grm.stop_after_scores"),
+          integer("grm.num_distinct_orders", 1, optional=True))
+
+
+def synthetic_rules() -> tuple[Rule, ...]:
+  """The generated items' fields of config.data (num_responses, kinds, difficulty)."""
+  from spct_jax.data import synthetic  # pylint: disable=g-import-not-at-top  (pure Python)
+
+  return (int_or_range("data.num_responses", 1, synthetic.MAX_RESPONSES), subset_of("data.kinds", synthetic.KINDS),
+          one_of("data.difficulty", synthetic.DIFFICULTIES))
+
+
+def optimizer_rules() -> tuple[Rule, ...]:
+  """config.optimizer (`train.step.OptimizerConfig`)."""
+  return (number("optimizer.learning_rate", 0.0, strict=True), integer("optimizer.warmup_steps", 0),
+          one_of("optimizer.schedule", ("constant", "cosine")), integer("optimizer.grad_accum_steps", 1),
+          number("optimizer.grad_clip_norm", 0.0, strict=True, optional=True))
+
+
+def checkpoint_rules() -> tuple[Rule, ...]:
+  """config.checkpoint (`train.loop.LoopConfig.from_config`)."""
+  return (integer("checkpoint.every", 1), integer("checkpoint.keep", 1), boolean("checkpoint.async_save"))
