@@ -49,9 +49,8 @@ def get_config(arg: str | None = None):
   c.data.rft_dir = "runs/rft_generate"  # an rft_generate workdir (its trajectories/ is read)
   c.data.pack = True               # several short examples per row (segment-masked attention)
   c.data.shuffle_buffer_size = 1024  # examples shuffled in a window (seeded by config.seed)
-  # Prompt / judgement token lengths of a row; None: the longest in the data (no judgement is cut).
-  c.data.max_inputs_length = common.config_dict.placeholder(int)
-  c.data.max_targets_length = common.config_dict.placeholder(int)
+  c.data.max_inputs_length = common.config_dict.placeholder(int)  # prompt tokens; None: the data's longest
+  c.data.max_targets_length = common.config_dict.placeholder(int)  # judgement tokens; None: the data's longest
   c.data.eval_sources = ("llmbar",)  # held-out items of the periodic evaluation (never trained on)
   c.data.eval_items = 16           # per eval source
 
