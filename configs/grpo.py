@@ -24,6 +24,7 @@ def get_config(arg: str | None = None):
   c.total_steps = 20               # optimizer updates of the whole run (a resumed run continues to it)
   c.batch_size = 2                 # items per step; rollouts per step = batch_size * grpo.group_size
   c.warn_zero_signal_after = 5     # warn when no group had a reward spread for this many steps
+  c.export = "grm"                 # the trained model folder under the workdir at the last step ("" = none)
 
   c.model = common.model()
   c.data = common.data()

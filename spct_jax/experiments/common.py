@@ -174,6 +174,18 @@ def build_run(config, *, devices: Sequence[Any] | None = None, hint: bool = Fals
   return mesh, model, tokenizer, options, ContextBudget(tokenizer, options, model.cfg.max_seq_len, hint=hint)
 
 
+def export_model(model, tokenizer, folder) -> None:
+  """A trained GRM as a `load_model` folder (parameters, config, tokenizer; written atomically by process 0 after
+  every process took part in gathering the parameters): what `model.name` of a later stage reads."""
+  from spct_jax import multihost  # pylint: disable=g-import-not-at-top
+  from spct_jax.model.params import flat_from_model  # pylint: disable=g-import-not-at-top
+  from spct_jax.weights.orbax_io import save_model  # pylint: disable=g-import-not-at-top
+
+  flat = flat_from_model(model)
+  if multihost.is_main_process():
+    save_model(flat, model.cfg, folder, tokenizer=tokenizer)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Items.
 

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 v = validation
 RULES = (
     v.integer("seed"), v.integer("total_steps", 1), v.integer("batch_size", 1),
-    v.integer("warn_zero_signal_after", 0), *v.checkpoint_rules(), *v.model_rules(),
+    v.integer("warn_zero_signal_after", 0), v.string("export"), *v.checkpoint_rules(), *v.model_rules(),
     v.string("data.name"), v.integer("data.seed"), v.integer("data.num_items", 0), v.integer("data.eval_items", 0),
     *v.synthetic_rules(),
     *v.grm_rules(v.number("grm.temperature", 0.0, strict=True,
@@ -118,5 +118,9 @@ def run(config, workdir) -> dict:
     trainer = GRPOTrainer(model, grpo_cfg, OptimizerConfig(**config.optimizer), mesh=mesh)
     body = GRPOBody(trainer, tokenizer, options, train_items, batch_size=config.batch_size, seed=config.seed,
                     warn_zero_signal_after=config.warn_zero_signal_after, data_metrics=data_metrics)
-    return loop.train(body, workdir=workdir, evaluators=evaluators, meta={"seed": config.seed},
-                      config=loop.LoopConfig.from_config(config, name="grpo", progress_keys=PROGRESS_KEYS))
+    summary = loop.train(body, workdir=workdir, evaluators=evaluators, meta={"seed": config.seed},
+                         config=loop.LoopConfig.from_config(config, name="grpo", progress_keys=PROGRESS_KEYS))
+    if config.export and summary["step"] == config.total_steps and not summary.get("preempted"):
+      common.export_model(trainer.model, tokenizer, workdir / config.export)
+      summary["model_path"] = str(workdir / config.export)
+  return summary
