@@ -81,8 +81,21 @@ def test_unfiltered_sampling_log_probs_are_the_raw_model_log_probs(model):
   out, *_ = sampler.sample_from_tokens(model, PROMPTS, max_new_tokens=5, strategy=strategies.Sampling(1.0), seed=3)
   np.testing.assert_allclose(out.logps, out.model_logps, atol=1e-6)
   assert (np.asarray(out.model_logps) < 0).all()
+
+
+def test_temperature_sampling_log_probs_are_log_softmax_of_the_logits_over_t(model):
+  """At T = 0.5 `logps` is log_softmax(logits / T) and `model_logps` log_softmax(logits), at each drawn token of an
+  independent full forward of prompt + the tokens drawn before it."""
   warm, *_ = sampler.sample_from_tokens(model, PROMPTS, max_new_tokens=5, strategy=strategies.Sampling(0.5), seed=3)
-  assert not np.allclose(warm.logps, warm.model_logps)  # temperature changes the sampling distribution
+  for r, prompt in enumerate(PROMPTS):
+    tokens = np.asarray(warm.tokens[r, :int(warm.lengths[r])])
+    logits = model(jnp.asarray([list(prompt) + list(tokens[:-1])], jnp.int32))[0, len(prompt) - 1:]
+    picked = lambda table: np.take_along_axis(np.asarray(table), tokens[:, None], -1)[:, 0]
+    np.testing.assert_allclose(warm.logps[r, :len(tokens)], picked(jax.nn.log_softmax(logits / 0.5, axis=-1)),
+                               atol=1e-5)
+    np.testing.assert_allclose(warm.model_logps[r, :len(tokens)], picked(jax.nn.log_softmax(logits, axis=-1)),
+                               atol=1e-5)
+  assert not np.allclose(warm.logps, warm.model_logps)  # and the two differ: the temperature is applied
 
 
 def test_left_pad_buckets_short_prompts_to_powers_of_two():
