@@ -81,8 +81,21 @@ def test_unfiltered_sampling_log_probs_are_the_raw_model_log_probs(model):
   out, *_ = sampler.sample_from_tokens(model, PROMPTS, max_new_tokens=5, strategy=strategies.Sampling(1.0), seed=3)
   np.testing.assert_allclose(out.logps, out.model_logps, atol=1e-6)
   assert (np.asarray(out.model_logps) < 0).all()
+
+
+def test_temperature_sampling_log_probs_are_log_softmax_of_the_logits_over_t(model):
+  """At T = 0.5 `logps` is log_softmax(logits / T) and `model_logps` log_softmax(logits), at each drawn token of an
+  independent full forward of prompt + the tokens drawn before it."""
   warm, *_ = sampler.sample_from_tokens(model, PROMPTS, max_new_tokens=5, strategy=strategies.Sampling(0.5), seed=3)
-  assert not np.allclose(warm.logps, warm.model_logps)  # temperature changes the sampling distribution
+  for r, prompt in enumerate(PROMPTS):
+    tokens = np.asarray(warm.tokens[r, :int(warm.lengths[r])])
+    logits = model(jnp.asarray([list(prompt) + list(tokens[:-1])], jnp.int32))[0, len(prompt) - 1:]
+    picked = lambda table: np.take_along_axis(np.asarray(table), tokens[:, None], -1)[:, 0]
+    np.testing.assert_allclose(warm.logps[r, :len(tokens)], picked(jax.nn.log_softmax(logits / 0.5, axis=-1)),
+                               atol=1e-5)
+    np.testing.assert_allclose(warm.model_logps[r, :len(tokens)], picked(jax.nn.log_softmax(logits, axis=-1)),
+                               atol=1e-5)
+  assert not np.allclose(warm.logps, warm.model_logps)  # and the two differ: the temperature is applied
 
 
 def test_left_pad_buckets_short_prompts_to_powers_of_two():
@@ -140,20 +153,22 @@ def test_stop_after_trigger_ends_rows_at_the_stop_token(model):
 class Scripted:
   """A test strategy that emits `script[r][s]` as row r's token s, whatever the logits.
 
-  The decode loop draws token s with `fold_in(key(seed), s)` (its documented key schedule): the step is found by
-  matching the key, so the script runs through the real prefill / while_loop / stop machinery.
+  The decode loop draws token s of row r with `fold_in(fold_in(key(seed), s), r)` (its documented key schedule):
+  each row's step is found by matching its key, so the script runs through the real prefill / while_loop / stop
+  machinery.
   """
 
   script: tuple[tuple[int, ...], ...]
   seed: int
 
-  def sample(self, key, logits, log_z):
+  def sample(self, keys, logits, log_z):
     del log_z
-    steps = len(self.script[0])
-    keys = jax.vmap(lambda s: jax.random.key_data(jax.random.fold_in(jax.random.key(self.seed), s)))(
-        jnp.arange(steps))
-    step = jnp.argmax(jnp.all(keys == jax.random.key_data(key)[None], axis=-1))
-    tokens = jnp.asarray(self.script, jnp.int32)[:, step]
+    steps, rows = len(self.script[0]), len(self.script)
+    step_key = lambda s: jax.random.fold_in(jax.random.key(self.seed), s)
+    table = jax.vmap(lambda s: jax.vmap(lambda r: jax.random.key_data(jax.random.fold_in(step_key(s), r)))(
+        jnp.arange(rows)))(jnp.arange(steps))  # u32[steps, rows, 2]
+    step = jnp.argmax(jnp.all(table == jax.random.key_data(keys)[None], axis=-1), axis=0)  # i32[rows]
+    tokens = jnp.asarray(self.script, jnp.int32)[jnp.arange(rows), step]
     return tokens, jnp.zeros(logits.shape[:1], jnp.float32)
 
 
