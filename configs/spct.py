@@ -2,12 +2,11 @@
 
   python -m spct_jax.main --config=configs/spct.py                # Gemma 3 270M, CPU; the held-out benchmarks
   python -m spct_jax.main --config=configs/spct.py:smoke          # tiny random models, every stage in minutes (CI)
-  python -m spct_jax.main --config=configs/spct.py --config.stages.grpo.total_steps=40
 
 Each stage is the experiment of the same name (eval_* are configs/eval.py), configured under config.stages.<stage>
-exactly as its own config file builds it (the same variant), so any of its fields can be overridden here. The
-links between stages are `{stage}` folders in string fields (`stages.grpo.model.name = "{rft}/grm"`), resolved
-by spct_jax.experiments.spct when the stage runs. Re-running skips finished stages (<workdir>/<stage>/stage.json)
+exactly as its own config file builds it (the same variant), so any of its fields can be overridden here
+(`--config.stages.grpo.total_steps=40`). The links between stages are `{stage}` folders in string fields
+(`stages.grpo.model.name = "{rft}/grm"`), resolved by spct_jax.experiments.spct when the stage runs. Re-running skips finished stages (<workdir>/<stage>/stage.json)
 and resumes a killed one. The result: <workdir>/table.json and table.md (base greedy, RFT greedy, RFT+GRPO greedy,
 k=1 sampled, Voting@k and MetaRM@k; per dataset and pooled, 95% bootstrap intervals, position-swap consistency).
 

@@ -39,6 +39,10 @@ REAL = {  # spec -> overrides that keep the real-model run to one short step / o
                            "--config.grm.max_new_tokens=4", "--config.data.heldout_fraction=0.5",
                            "--config.meta_rm.balance=none", "--config.total_steps=1", "--config.batch_size=2",
                            "--config.evals.heldout.every=1"],
+    # The real stage configs resolve and the base model's evaluation runs on the four held-out benchmarks (one
+    # item each); the chained stages themselves are the smoke row's (tiny models, every stage).
+    "configs/spct.py": ["--config.run_stages=('eval_base',)", "--config.stages.eval_base.data.max_items=1",
+                        "--config.stages.eval_base.grm.max_new_tokens=4"],
 }
 SMOKE = {  # spec -> (the spec that stands in for it, overrides appended)
     "configs/grpo.py": ("configs/grpo.py:smoke", ["--config.total_steps=2"]),
@@ -59,6 +63,7 @@ SMOKE = {  # spec -> (the spec that stands in for it, overrides appended)
                                                         "--config.data.trajectories_dir=",
                                                         "--config.fresh.grm=synthetic", "--config.fresh.num_items=16"]),
     "configs/meta_rm.py:smoke": ("configs/meta_rm.py:smoke", []),
+    "configs/spct.py:smoke": ("configs/spct.py:smoke", []),
     "configs/meta_rm.py:full": ("configs/meta_rm.py:smoke,full", ["--config.model.name=tiny-gemma3",
                                                                   "--config.total_steps=2"]),
 }
@@ -121,7 +126,7 @@ def test_the_documents_show_the_commands_this_test_expects():
   specs = {_spec(argv)[0] for _, argv in documented_commands()}
   assert {"configs/grpo.py", "configs/grpo.py:smoke", "configs/eval.py", "configs/eval.py:smoke",
           "configs/meta_rm.py", "configs/meta_rm.py:smoke", "configs/rft_generate.py", "configs/rft_generate.py:smoke",
-          "configs/rft.py", "configs/rft.py:smoke"} <= specs
+          "configs/rft.py", "configs/rft.py:smoke", "configs/spct.py", "configs/spct.py:smoke"} <= specs
   first = [argv for where, argv in documented_commands() if where == "README.md"][0]
   assert first == ["--config=configs/grpo.py"]  # the README's first command line
 
@@ -130,8 +135,8 @@ def _main(argv, workdir):
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)  # one device, like a user's run
   result = subprocess.run([sys.executable, "-m", "spct_jax.main", *argv, f"--workdir={workdir}"], cwd=REPO, env=env,
-                          capture_output=True, timeout=1500)
-  return result.returncode, result.stderr.decode()[-4000:]
+                          capture_output=True, timeout=2400)
+  return result.returncode, (result.stdout.decode() + result.stderr.decode())[-6000:]
 
 
 def prepared(run_argv, folder) -> list[str]:
@@ -174,6 +179,8 @@ def test_documented_command_runs(tmp_path, argv, run_argv):
     _metrics(tmp_path)
     grm = tmp_path / "grm"  # the trained model, ready for --config.model.name=
     assert (grm / "spct_config.json").is_file() and (grm / "tokenizer.model").is_file()
+  elif config_file == "configs/spct.py":
+    check_pipeline(run_argv, tmp_path)
   elif config_file == "configs/rft_generate.py":
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["total"]["items_seen"] >= 1 and (tmp_path / "trajectories" / "dataset_info.json").is_file()
@@ -184,3 +191,31 @@ def test_documented_command_runs(tmp_path, argv, run_argv):
                  for run in info["runs"].values())
       if any(arg.startswith("--config.meta_rm.path=") for arg in run_argv):
         assert {f"metarm@{k}" for k in results["config"]["evals"]["voting"]["ks"]} <= set(info["runs"])
+
+
+def check_pipeline(run_argv, workdir):
+  """The pipeline wrote each stage it ran and the table; a re-run skips them all; a changed finished stage is an
+  error naming the key."""
+  from spct_jax.experiments import spct
+  records = {p.parent.name: json.loads(p.read_text()) for p in workdir.glob(f"*/{spct.STAGE_FILE}")}
+  table = json.loads((workdir / spct.TABLE_JSON).read_text())
+  if "--config=configs/spct.py:smoke" not in run_argv:  # the real form: the base evaluation only
+    assert set(records) == {"eval_base"} and [r["row"] for r in table["rows"]] == ["base greedy"]
+    assert table["datasets"] == ["judgebench", "llmbar", "rm_bench", "rmb_bon"]
+    return
+  assert set(records) == set(spct.STAGES)
+  assert [r["row"] for r in table["rows"]] == ["base greedy", "RFT greedy", "RFT+GRPO greedy", "RFT+GRPO k=1 sampled",
+                                               "RFT+GRPO Voting@2", "RFT+GRPO MetaRM@2"]
+  # Linked: the GRPO stage started from the RFT model, the final evaluation read the GRPO model and the meta RM.
+  assert records["grpo"]["config"]["model"]["name"] == str(workdir / "rft" / "grm")
+  assert records["eval_final"]["config"]["meta_rm"]["path"] == str(workdir / "meta_rm" / "meta_rm")
+  for row in table["rows"]:
+    lo, hi = row["pooled"]["ci95"]["accuracy_tie_random"]
+    assert lo <= row["pooled"]["accuracy_tie_random"] <= hi
+  assert all("position_swap" in row for row in table["rows"] if row["run"] == "greedy")
+  before = {stage: (workdir / stage / spct.STAGE_FILE).stat().st_mtime_ns for stage in records}
+  code, output = _main(run_argv, workdir)
+  assert code == 0 and output.count("finished before") == len(spct.STAGES), output
+  assert before == {stage: (workdir / stage / spct.STAGE_FILE).stat().st_mtime_ns for stage in records}
+  code, output = _main([*run_argv, "--config.stages.grpo.total_steps=7"], workdir)
+  assert code != 0 and "stage 'grpo' finished" in output and "total_steps" in output, output

@@ -111,7 +111,7 @@ def run(config, workdir) -> dict[str, Any]:
       folder = workdir / stage
       record = _finished(stage, folder, stage_config)
       if record is not None:
-        log.info("stage %s: finished before (%s), skipped", stage, folder / STAGE_FILE)
+        print(f"== stage {stage}: finished before ({folder / STAGE_FILE}), skipped", flush=True)
         summaries[stage] = record["summary"]
         continue
       log.info("stage %s: %s experiment in %s", stage, stage_config.experiment, folder)
