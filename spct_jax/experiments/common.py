@@ -4,8 +4,8 @@ demonstrations, items (seeded, per-process shard hook) and the context budget th
 One reader per concern, so the experiments (grpo, eval; rft_generate, rft, meta_rm next) cannot drift:
   config.model  name, init ("pretrained" | "random"), tokenizer, seed, param_dtype, compute_dtype, max_seq_len,
                 vocab_size (random init; None = the tokenizer's)
-  config.grm    template, single_template, chat_style, max_new_tokens, temperature (sampling), top_k, top_p, num_distinct_orders,
-                output_prefix, stop_after_scores, num_demonstrations, demo_seed
+  config.grm    template, single_template, chat_style, max_new_tokens, temperature (sampling), top_k, top_p,
+                num_distinct_orders, output_prefix, stop_after_scores, num_demonstrations, demo_seed
   config.data   root (epath; gs:// works), seed, num_responses / kinds / difficulty (synthetic items);
                 train_sources (mixed, per-source cap max_per_source, total num_items), eval_sources, eval_items
                 (`training_items`, `eval_items`); grpo's one source: name, num_items, eval_items (`split_items`)
