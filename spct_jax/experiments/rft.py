@@ -97,16 +97,6 @@ class SFTBody:
     return metrics
 
 
-def export_model(state, cfg, tokenizer, folder) -> None:
-  """The trained weights as a `load_model` folder (process 0 writes; the parameters are gathered first)."""
-  from spct_jax.model.params import flat_from_model  # pylint: disable=g-import-not-at-top
-  from spct_jax.weights.orbax_io import save_model  # pylint: disable=g-import-not-at-top
-
-  flat = flat_from_model(state.model())
-  if multihost.is_main_process():
-    save_model(flat, cfg, folder, tokenizer=tokenizer)
-
-
 def run(config, workdir) -> dict[str, Any]:
   validation.check(config, RULES + validation.evals(config))
   specs = {name: evaluators_lib.spec_from_config(spec, name) for name, spec in config.evals.items()}
@@ -154,6 +144,6 @@ def run(config, workdir) -> dict[str, Any]:
                          meta={"seed": config.seed, "sequence_length": lengths},
                          config=loop.LoopConfig.from_config(config, name="rft", progress_keys=PROGRESS_KEYS))
     if summary["step"] == config.total_steps and not summary.get("preempted"):
-      export_model(state, model.cfg, tokenizer, workdir / config.export)
+      common.export_model(state.model(), tokenizer, workdir / config.export)
       summary["model_path"] = str(workdir / config.export)
   return summary
