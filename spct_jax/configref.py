@@ -60,6 +60,9 @@ class Experiment:
   summary: str  # first docstring line
   fields: tuple[Field, ...]
   variants: dict[str, dict[str, Any]]  # variant -> {key: value} that differ from the default variant
+  # Sub-configs another config file builds (a pipeline's stages): key prefix -> that file's stem. Only the fields
+  # this file sets itself are listed under such a prefix; the rest are in that file's section.
+  inherited: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def config_files(configs_dir: pathlib.Path = CONFIGS_DIR) -> list[pathlib.Path]:
@@ -170,8 +173,13 @@ def describe(path: pathlib.Path, configs_dir: pathlib.Path = CONFIGS_DIR) -> Exp
   module = _load(path)
   config, sites = _build(module, None, configs_dir)
   fields, missing = [], []
-  for key, value, holder, name in _flatten(config):
-    where = sites.get((id(holder), name), [])
+  flat = [(key, value, sites.get((id(holder), name), [])) for key, value, holder, name in _flatten(config)]
+  prefix = lambda key: ".".join(key.split(".")[:2])
+  inherited = {prefix(key): pathlib.Path(f).stem for key, _, where in flat for f, _ in where
+               if "." in key and pathlib.Path(f).name not in (path.name, "common.py")}
+  for key, value, where in flat:
+    if prefix(key) in inherited and all(pathlib.Path(f).name != path.name for f, _ in where):
+      continue  # a sub-config field this file does not set: documented in the section of the file that does
     meaning = next((c for c in map(comment_for, reversed(where)) if c), None)
     if meaning is None:
       set_at = ", ".join(f"{os.path.relpath(f, configs_dir.parent)}:{n}" for f, n in where) or "no configs/ line"
@@ -187,7 +195,8 @@ def describe(path: pathlib.Path, configs_dir: pathlib.Path = CONFIGS_DIR) -> Exp
     variants[variant] = {k: v for k, v in values.items() if k not in default or default[k] != v}
     variants[variant].update({k: "(removed)" for k in default if k not in values})
   doc = (module.__doc__ or "").strip().splitlines()
-  return Experiment(path=path, summary=doc[0] if doc else "", fields=tuple(fields), variants=variants)
+  return Experiment(path=path, summary=doc[0] if doc else "", fields=tuple(fields), variants=variants,
+                    inherited=dict(sorted(inherited.items())))
 
 
 def _cell(text: str) -> str:
@@ -219,6 +228,9 @@ def render(configs_dir: pathlib.Path = CONFIGS_DIR) -> str:
     out += [f"## {e.path.stem}", "", f"`python -m spct_jax.main --config={rel}` — {e.summary}", "",
             "| key | default | meaning |", "|---|---|---|"]
     out += [f"| `{f.key}` | {_show(f.default, configs_dir)} | {_cell(f.meaning)} |" for f in e.fields]
+    if e.inherited:
+      out += ["", "Every other field of " + ", ".join(f"`{k}.*` is as [{stem}](#{stem})" for k, stem in
+                                                      e.inherited.items()) + " builds it (same variant)."]
     for variant, changes in e.variants.items():
       out += ["", f"Variant `{rel}:{variant}` changes:", "", "| key | value |", "|---|---|"]
       out += [f"| `{k}` | {_show(v, configs_dir)} |" for k, v in changes.items()]

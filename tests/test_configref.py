@@ -139,3 +139,13 @@ def test_check_fails_on_a_stale_file_and_a_new_config_is_discovered(tmp_path):
   assert configref.main(["--configs", str(configs), "--out", str(out), "--check"]) == 1
   assert configref.main(["--configs", str(configs), "--out", str(out)]) == 0
   assert "## second" in out.read_text() and "Another one." in out.read_text()
+
+
+def test_a_pipeline_lists_only_the_fields_it_sets_and_points_at_its_stages():
+  spct = configref.describe(REPO / "configs" / "spct.py")
+  keys = {f.key for f in spct.fields}
+  assert "stages.grpo.model.name" in keys and "run_stages" in keys
+  assert "stages.grpo.grpo.beta" not in keys  # grpo.py's own field: documented in the grpo section
+  assert spct.inherited["stages.grpo"] == "grpo" and spct.inherited["stages.eval_final"] == "eval"
+  text = configref.render()
+  assert "`stages.grpo.*` is as [grpo](#grpo)" in text
