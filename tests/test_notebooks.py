@@ -26,7 +26,7 @@ EXPECTED = {
                        "(same samples as above: True)"],
     "grpo_steps": ["2 steps x 2 items x G=4 rollouts", "held-out greedy/accuracy_strict     before",
                    "TensorBoard's notebook extension is not used here"],
-    "inference_scaling": ["synthetic      greedy       4", "synthetic      k=2", "paper-rule accuracy by run"],
+    "inference_scaling": ["synthetic      greedy        4", "synthetic      voting@2", "paper-rule accuracy by run"],
 }
 
 
