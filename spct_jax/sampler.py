@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from spct_jax.kernels import cpu_matvec
 from spct_jax.model import decoding
 from spct_jax.model.config import ModelConfig
 from spct_jax.model.transformer import Transformer
-from spct_jax.strategies import Greedy, log_normalizer, strategy_for
+from spct_jax import strategies
+from spct_jax.strategies import Greedy, strategy_for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,12 +108,11 @@ def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.La
   live = rows if matmul.live_rows is None else matmul.live_rows
   eos = jnp.asarray(eos_ids, jnp.int32)
 
-  def draw(s, logits, state):
+  def draw(s, logits: strategies.Logits, state):
     """Token s of every row from its logits; finished rows emit padding."""
     out, done, lengths, armed = state
-    log_z = log_normalizer(logits)
-    token, logp = strategy.sample(jax.random.fold_in(key, s), logits, log_z)
-    model_logp = jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0] - log_z
+    token, logp = strategy.sample(jax.random.fold_in(key, s), logits)
+    model_logp = logits.at(token) - logits.log_normalizer()
     token = jnp.where(done, pad_id, token)
     put = lambda buf, val: jax.lax.dynamic_update_slice(buf, val[:, None].astype(buf.dtype), (0, s))
     out = dict(tokens=put(out["tokens"], token), logps=put(out["logps"], jnp.where(done, 0.0, logp)),
@@ -127,7 +126,8 @@ def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.La
     # Finished rows keep decoding padding (their outputs are masked in `draw`): one shape for the whole batch.
     hidden, cache = decoding.forward(cfg, params, token[:, None], (next_position + s - 1)[:, None], cache,
                                      matmul=matmul)
-    token, state = draw(s, decoding.logits(cfg, params, hidden, matmul=matmul)[:, 0], state)
+    logits = decoding.next_token_logits(cfg, params, hidden[:, 0], strategy.summary_temperature, matmul=matmul)
+    token, state = draw(s, logits, state)
     return s + 1, cache, token, state
 
   def keep_going(carry):
@@ -138,7 +138,8 @@ def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.La
              logps=jnp.zeros((rows, max_new_tokens), jnp.float32),
              model_logps=jnp.zeros((rows, max_new_tokens), jnp.float32))
   no_rows = jnp.zeros((rows,), jnp.bool_)
-  token, state = draw(0, logits, (out, no_rows, jnp.zeros((rows,), jnp.int32), no_rows))
+  first = strategies.summarize(logits, strategy.summary_temperature)
+  token, state = draw(0, first, (out, no_rows, jnp.zeros((rows,), jnp.int32), no_rows))
   _, cache, _, (out, done, lengths, _) = jax.lax.while_loop(
       keep_going, step, (jnp.ones((), jnp.int32), cache, token, state))
   return SampleOutput(tokens=out["tokens"], logps=out["logps"], model_logps=out["model_logps"], lengths=lengths,
@@ -253,14 +254,13 @@ def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, 
   row_source = np.repeat(np.asarray(prompt_rows, np.int32), num_samples)
   tokens, mask = left_pad(list(distinct), pad_id, multiple=length_multiple,
                           max_length=cfg.max_seq_len - max_new_tokens)
-  params = decoding.decoding_params(model)
+  kernel = decoding.cpu_kernel_for(cfg, mesh)
+  params = decoding.decoding_params(model, tiled=kernel == "amx")
   # A single row leaves size-1 dimensions that XLA:CPU folds into reshapes fused with the cache update (which then
   # copies the cache every step): decode one filler row (its matmuls are skipped, see `decoding.Matmul`) and drop it.
   filler = len(row_source) == 1
   decode_rows = np.repeat(row_source, 2) if filler else row_source
-  matmul = decoding.Matmul(
-      cpu_kernel=mesh is None and cfg.compute_jnp_dtype == jnp.bfloat16 and cpu_matvec.enabled(),
-      live_rows=1 if filler else None)
+  matmul = decoding.Matmul(cpu_kernel=kernel, live_rows=1 if filler else None)
   key = jax.random.key(seed) if isinstance(seed, int) else seed
   rules = None
   if mesh is not None:

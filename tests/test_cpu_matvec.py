@@ -1,4 +1,5 @@
-"""The C++ skinny-matmul kernel: exact-enough products, its use by the decoder, and clear build errors."""
+"""The C++ decoding kernels (skinny and AMX): exact-enough products and summaries, their use by the decoder, and
+clear build errors."""
 
 import logging
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from spct_jax import sampler
+from spct_jax import sampler, strategies
 from spct_jax.kernels import cpu_matvec
 from spct_jax.model import Transformer, decoding, get_config
 
@@ -88,7 +89,7 @@ def bf16_model():
 
 
 def _step_fn(model, matmul):
-  cfg, params = model.cfg, decoding.decoding_params(model)
+  cfg, params = model.cfg, decoding.decoding_params(model, tiled=matmul.cpu_kernel == "amx")
 
   def step(tokens, positions):
     cache = decoding.init_cache(cfg, tokens.shape[0], 8)
@@ -97,8 +98,8 @@ def _step_fn(model, matmul):
   return jax.jit(step)
 
 
-def test_decoder_runs_the_kernel_for_one_row_and_xla_for_many(bf16_model):
-  kernel = decoding.Matmul(cpu_kernel=True)
+def test_decoder_runs_the_skinny_kernel_for_one_row_and_xla_for_many(bf16_model):
+  kernel = decoding.Matmul(cpu_kernel="skinny")
   one, many = jnp.array([[5]]), jnp.arange(4)[:, None] + 3
   hlo = lambda matmul, tokens: _step_fn(bf16_model, matmul).lower(tokens, jnp.zeros_like(tokens)).as_text()
   assert cpu_matvec.TARGET in hlo(kernel, one)
@@ -118,20 +119,32 @@ def test_filler_rows_are_zero_and_leave_the_live_rows_alone(bf16_model):
   np.testing.assert_array_equal(live[1], 0.0)  # a zero hidden state gives zero logits (softcap(0) = 0)
 
 
-def test_sampler_uses_the_kernel_for_one_unsharded_bf16_sequence(bf16_model, monkeypatch):
+def test_sampler_picks_the_kernel_for_unsharded_bf16_decoding(bf16_model, monkeypatch):
   def matmuls():
     return {dict(key[-1])["matmul"] for key in sampler._COMPILED}  # pylint: disable=protected-access
 
-  sampler._COMPILED.clear()  # pylint: disable=protected-access
-  out = sampler.sample_from_tokens(bf16_model, [[2, 5, 9]], max_new_tokens=6, eos_ids=(-1,))[0]
-  assert matmuls() == {decoding.Matmul(cpu_kernel=True, live_rows=1)}
-  sampler._COMPILED.clear()  # pylint: disable=protected-access
-  monkeypatch.setenv(cpu_matvec.ENV_SWITCH, "off")
-  xla = sampler.sample_from_tokens(bf16_model, [[2, 5, 9]], max_new_tokens=6, eos_ids=(-1,))[0]
-  assert matmuls() == {decoding.Matmul(cpu_kernel=False, live_rows=1)}
-  assert out.tokens.shape == (1, 6) and out.lengths.tolist() == [6]
-  np.testing.assert_array_equal(out.tokens, xla.tokens)
-  np.testing.assert_allclose(out.model_logps, xla.model_logps, atol=5e-2)
+  runs = {}
+  for switch, kernel in (("on", "amx" if cpu_matvec.amx() else "skinny"), ("no-amx", "skinny"), ("off", None)):
+    monkeypatch.setenv(cpu_matvec.ENV_SWITCH, switch)
+    sampler._COMPILED.clear()  # pylint: disable=protected-access
+    runs[switch] = sampler.sample_from_tokens(bf16_model, [[2, 5, 9]], max_new_tokens=6, eos_ids=(-1,))[0]
+    assert matmuls() == {decoding.Matmul(cpu_kernel=kernel, live_rows=1)}
+  assert runs["on"].tokens.shape == (1, 6) and runs["on"].lengths.tolist() == [6]
+  for switch in ("on", "no-amx"):
+    np.testing.assert_array_equal(runs[switch].tokens, runs["off"].tokens)
+    np.testing.assert_allclose(runs[switch].model_logps, runs["off"].model_logps, atol=5e-2)
+
+
+def test_batched_sampling_with_the_kernels_draws_the_xla_paths_tokens(bf16_model, monkeypatch):
+  """Same seed, same draws: the kernels' logits and summaries differ from XLA's by rounding only."""
+  runs = {}
+  for switch in ("on", "off"):
+    monkeypatch.setenv(cpu_matvec.ENV_SWITCH, switch)
+    runs[switch] = sampler.sample_from_tokens(bf16_model, [[2, 5, 9], [2, 7]], max_new_tokens=6, num_samples=4,
+                                              strategy=strategies.Sampling(0.8), seed=5, eos_ids=(-1,))[0]
+  np.testing.assert_array_equal(runs["on"].tokens, runs["off"].tokens)
+  np.testing.assert_allclose(runs["on"].logps, runs["off"].logps, atol=5e-2)
+  np.testing.assert_allclose(runs["on"].model_logps, runs["off"].model_logps, atol=5e-2)
 
 
 @pytest.mark.slow
@@ -147,3 +160,92 @@ def test_real_model_greedy_with_the_kernel_equals_the_xla_path(monkeypatch):
   for on, off in zip(runs["on"], runs["off"]):
     np.testing.assert_array_equal(on.tokens, off.tokens)
     np.testing.assert_allclose(on.model_logps, off.model_logps, atol=0.1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# AMX kernels (only where the CPU and the build have them).
+
+amx_only = pytest.mark.skipif("not cpu_matvec.amx()", reason="no AMX on this CPU (or SPCT_CPU_KERNELS=no-amx)")
+
+
+def test_tile_is_the_documented_block_layout():
+  w = jnp.arange(64 * 96, dtype=jnp.float32).reshape(64, 96)
+  tiles = cpu_matvec.tile(w)
+  assert tiles.shape == (2, 3, 32, 32)
+  assert tiles[1, 2, 5, 7] == w[32 + 5, 64 + 7]
+  np.testing.assert_array_equal(cpu_matvec.untile(tiles), w)
+  assert not cpu_matvec.tileable((64, 100))
+  with pytest.raises(ValueError, match="multiples of 32"):
+    cpu_matvec.tile(w[:, :50])
+
+
+def _amx_operands(m, k, n, seed=0):
+  x = jax.random.normal(jax.random.key(seed), (m, k)) * 3  # f32: the kernel rounds it to bf16 itself
+  w = jax.random.normal(jax.random.key(seed + 1), (n, k)).astype(jnp.bfloat16)
+  expected = np.asarray(x.astype(jnp.bfloat16), np.float64) @ np.asarray(w, np.float64).T
+  return x, w, expected
+
+
+def _close(got, expected, k):
+  np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * np.sqrt(k) * np.abs(expected).max() + 1e-6)
+
+
+# M of 1, 16 (one activation tile), 17 and 40 (a pair plus a single one), 130 (above AMX_MAX_ROWS: still exact).
+@amx_only
+@pytest.mark.parametrize("m,k,n", [(1, 640, 1024), (16, 32, 32), (17, 96, 4096), (40, 640, 160), (130, 64, 96)])
+def test_amx_matmul_equals_a_float64_reference(m, k, n):
+  x, w, expected = _amx_operands(m, k, n)
+  got = np.asarray(jax.jit(cpu_matvec.amx_matmul)(x, cpu_matvec.tile(w)))
+  assert got.dtype == np.float32 and got.shape == (m, n)
+  _close(got, expected, k)
+
+
+@amx_only
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_amx_head_gives_the_logits_and_their_block_summaries(temperature):
+  x, w, expected = _amx_operands(3, 64, 1056)  # 2 full summary blocks of 512 and a partial one of 32
+  values, *summaries = jax.jit(lambda x, w: cpu_matvec.amx_head(x, w, temperature))(x, cpu_matvec.tile(w))
+  _close(np.asarray(values), expected, 64)
+  reference = strategies.summarize(jnp.asarray(values), temperature)
+  assert all(s.shape == (3, 3) for s in summaries)
+  np.testing.assert_array_equal(summaries[0], reference.block_max)
+  np.testing.assert_allclose(summaries[1], reference.block_sum, rtol=2e-6)
+  np.testing.assert_allclose(summaries[2], reference.tempered_sum, rtol=2e-6)
+
+
+@amx_only
+def test_amx_kernels_reject_untiled_weights():
+  x, w, _ = _amx_operands(2, 64, 64)
+  with pytest.raises(ValueError, match=r"tiled w \[N/32"):
+    cpu_matvec.amx_matmul(x, w)
+  with pytest.raises(ValueError, match="bf16 w"):
+    cpu_matvec.amx_head(x, cpu_matvec.tile(w.astype(jnp.float32)))
+
+
+@amx_only
+def test_decoder_runs_amx_for_every_row_count_and_equals_xla(bf16_model):
+  amx = decoding.Matmul(cpu_kernel="amx")
+  for tokens in (jnp.array([[5]]), jnp.arange(6)[:, None] + 3):
+    hlo = _step_fn(bf16_model, amx).lower(tokens, jnp.zeros_like(tokens)).as_text()
+    assert cpu_matvec.AMX_TARGETS["matmul"] in hlo and cpu_matvec.TARGET not in hlo
+    got = _step_fn(bf16_model, amx)(tokens, jnp.zeros_like(tokens))
+    expected = _step_fn(bf16_model, decoding.Matmul())(tokens, jnp.zeros_like(tokens))
+    np.testing.assert_allclose(got, expected, rtol=2e-2, atol=2e-2 * float(jnp.abs(expected).max()))
+    np.testing.assert_array_equal(jnp.argmax(got, -1), jnp.argmax(expected, -1))
+
+
+@amx_only
+def test_next_token_logits_from_the_amx_head_equal_the_summarized_xla_logits(bf16_model):
+  cfg = bf16_model.cfg
+  hidden = jax.random.normal(jax.random.key(3), (4, cfg.embed_dim))
+  amx = decoding.Matmul(cpu_kernel="amx", live_rows=3)  # the fourth row is filler
+  got = decoding.next_token_logits(cfg, decoding.decoding_params(bf16_model, tiled=True), hidden, 0.7, matmul=amx)
+  assert cpu_matvec.AMX_TARGETS["head"] in jax.jit(
+      lambda p, h: decoding.next_token_logits(cfg, p, h, 0.7, matmul=amx).values).lower(
+          decoding.decoding_params(bf16_model, tiled=True), hidden).as_text()
+  expected = decoding.next_token_logits(cfg, decoding.decoding_params(bf16_model), hidden, 0.7)
+  np.testing.assert_allclose(got.values[:3], expected.values[:3], rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(got.values[3], 0.0)
+  for name in ("block_max", "block_sum", "tempered_sum"):
+    np.testing.assert_allclose(getattr(got, name)[:3], getattr(expected, name)[:3], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got.log_normalizer()[:3], expected.log_normalizer()[:3], rtol=1e-6)
