@@ -208,25 +208,6 @@ def hf_gemma3_270m(dtype: str = "float32", attn_implementation: str = "sdpa"):
   return model.to(getattr(torch, dtype)).eval()
 
 
-def bf16_matmul_peak(n: int = 4096, reps: int = 5) -> dict[str, float]:
-  """Measured matmul peak of JAX's default device: a jitted [n, n] @ [n, n] dot, bf16 in, f32 accumulate.
-
-  Returns FLOP/s of the best of `reps` runs (after a compile run), for bf16 and (as a reference) f32 inputs.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
-  out = {}
-  for name, dtype in (("bf16", jnp.bfloat16), ("f32", jnp.float32)):
-    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-    dot = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
-    dot(a, b).block_until_ready()
-    best = min(timed(lambda f=dot, x=a, y=b: f(x, y).block_until_ready())[1] for _ in range(reps))
-    out[name] = 2 * n**3 / best
-  return out
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Tables.
 

@@ -9,8 +9,9 @@ For each row count and kernel mode (`SPCT_CPU_KERNELS`: on = AMX where present, 
 the skinny kernel for <= 2 rows, XLA's dot otherwise; off = XLA's dot), a step's time is that of the sampler's
 compiled decode loop for 40 new tokens divided by its 39 model steps (the first token's draw is counted with them),
 best of the interleaved repeats; prefill runs untimed before each call. Rows sample at temperature 1 (batch 1:
-greedy), 4 distinct 20-token prompts (1 for fewer than 8 rows), EOS disabled. The roofline is `machine.decode_roofline_s` at the mean cache
-length; the machine is measured in this process before the timings (`machine.measure`), so both see the same load.
+greedy), 4 distinct 20-token prompts (1 for fewer than 8 rows), EOS disabled. The roofline is
+`machine.decode_roofline_s` at the mean cache length; the machine is measured in this process before the timings
+(`machine.measure`), so both see the same load.
 Everything runs in one process: it is a development tool, the peers are in sampler.py.
 """
 

@@ -22,13 +22,13 @@ using F32Vector = ffi::Buffer<ffi::F32, 1>;
 using F32Matrix = ffi::Buffer<ffi::F32, 2>;
 
 // Runs body(lo, hi) over [0, n) in contiguous chunks of at least `grain`, on the calling thread and XLA's intra-op
-// pool, and waits for all of them. Chunks are taken from a shared counter (4 per thread): on a machine shared with
+// pool, and waits for all of them. Chunks are taken from a shared counter (8 per thread): on a machine shared with
 // other processes, a thread that loses its core leaves its remaining chunks to the others instead of holding the
 // whole call back.
 template <typename Body>
 void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t grain, Body body) {
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(4 * threads, n / std::max<int64_t>(1, grain)));
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(8 * threads, n / std::max<int64_t>(1, grain)));
   if (chunks == 1 || threads == 1) {
     body(0, n);
     return;

@@ -1,4 +1,5 @@
-// Skinny bf16 matmul for XLA:CPU decoding (any x86 / Arm CPU; cpu_amx.cc is the AMX path): y f32[M, N] = x bf16[M, K] @ w bf16[N, K]^T, M a few rows.
+// Skinny bf16 matmul for XLA:CPU decoding, any CPU (cpu_amx.cc is the AMX path):
+// y f32[M, N] = x bf16[M, K] @ w bf16[N, K]^T, M a few rows.
 //
 // Decoding one sequence streams every weight once per token for one or two activation rows. XLA:CPU's bf16 dot
 // (YNNPACK) moves such a weight at about half the speed a plain read of it reaches on the same cores, so this

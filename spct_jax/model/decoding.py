@@ -21,8 +21,8 @@ Weights are [out, in]. On the CPU, decode matmuls can run C++ kernels (`Matmul.c
 `spct_jax.kernels.cpu_matvec`): XLA:CPU's bf16 dot reads the weights of a one-sequence step at about half the
 bandwidth a plain read reaches, and of a 32-row step at a third (on an AMX Xeon). On CPUs without AMX, matmuls of
 one or two rows stream each [out, in] weight row once ("skinny"); with AMX, every matmul of up to
-`cpu_matvec.AMX_MAX_ROWS` rows runs on AMX tiles from a tiled copy of the weights (`params["layer_tiles"]`, the head only
-tiled), and the LM head returns the logits' softmax summaries from the same pass (`next_token_logits`).
+`cpu_matvec.AMX_MAX_ROWS` rows runs on AMX tiles from a tiled copy of the weights (`params["layer_tiles"]`, the
+head only tiled), and the LM head returns the logits' softmax summaries from the same pass (`next_token_logits`).
 """
 
 from __future__ import annotations
@@ -131,7 +131,8 @@ def _split(graphdef, state, tiled: bool) -> DecodingParams:
     params["head"] = model.embedding[...].astype(dtype)
   if tiled:
     tileable = lambda w: w.dtype == jnp.bfloat16 and cpu_matvec.tileable(w.shape)
-    params["layer_tiles"] = tuple({name: cpu_matvec.tile(p[name]) for name in MATMULS if tileable(p[name])} for p in layers)
+    params["layer_tiles"] = tuple({name: cpu_matvec.tile(p[name]) for name in MATMULS if tileable(p[name])}
+                                  for p in layers)
     if tileable(params["head"]):
       params["head"] = cpu_matvec.tile(params["head"])
   return params
