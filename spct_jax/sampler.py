@@ -101,8 +101,12 @@ def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.La
   generated token but the last (it lets the donated input buffer alias the output).
   trigger_mask / stop_mask: bool[V] of a `StopAfter` condition (all False: EOS and max_new_tokens only).
 
-  Token s is drawn with fold_in(key, s): results depend only on the seed and the shapes. The loop exits early once
-  every row has produced an EOS; with `matmul.live_rows`, once the live rows have (filler rows never finish).
+  Each step's logits reach the strategy as `strategies.Logits` (with per-block softmax summaries: from the AMX head
+  kernel on such CPUs, else `strategies.summarize`), so no step re-reads the [rows, V] logits to normalize or draw.
+  Token s is drawn with fold_in(key, s): results depend only on the seed, the shapes and the kernel path (the AMX
+  and XLA paths round logits differently, which can flip a draw that falls within rounding of a CDF boundary).
+  The loop exits early once every row has produced an EOS; with `matmul.live_rows`, once the live rows have
+  (filler rows never finish).
   """
   rows = logits.shape[0]
   live = rows if matmul.live_rows is None else matmul.live_rows

@@ -235,14 +235,17 @@ def test_decoder_runs_amx_for_every_row_count_and_equals_xla(bf16_model):
 
 
 @amx_only
-def test_next_token_logits_from_the_amx_head_equal_the_summarized_xla_logits(bf16_model):
+@pytest.mark.parametrize("name", ["tiny-gemma3", "tiny-gemma2"])  # Gemma 2's final softcap: amx_matmul + summarize
+def test_next_token_logits_from_the_amx_head_equal_the_summarized_xla_logits(name):
+  bf16_model = Transformer(get_config(name, compute_dtype="bfloat16"), rngs=nnx.Rngs(0))
   cfg = bf16_model.cfg
   hidden = jax.random.normal(jax.random.key(3), (4, cfg.embed_dim))
   amx = decoding.Matmul(cpu_kernel="amx", live_rows=3)  # the fourth row is filler
   got = decoding.next_token_logits(cfg, decoding.decoding_params(bf16_model, tiled=True), hidden, 0.7, matmul=amx)
-  assert cpu_matvec.AMX_TARGETS["head"] in jax.jit(
-      lambda p, h: decoding.next_token_logits(cfg, p, h, 0.7, matmul=amx).values).lower(
-          decoding.decoding_params(bf16_model, tiled=True), hidden).as_text()
+  hlo = jax.jit(lambda p, h: decoding.next_token_logits(cfg, p, h, 0.7, matmul=amx).values).lower(
+      decoding.decoding_params(bf16_model, tiled=True), hidden).as_text()
+  head_target = cpu_matvec.AMX_TARGETS["head" if cfg.final_logit_softcap is None else "matmul"]
+  assert head_target in hlo
   expected = decoding.next_token_logits(cfg, decoding.decoding_params(bf16_model), hidden, 0.7)
   np.testing.assert_allclose(got.values[:3], expected.values[:3], rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(got.values[3], 0.0)
