@@ -122,14 +122,25 @@ inline void Block(const uint16_t* w, int64_t k_blocks, const uint32_t* xb, int64
   if (mb < m_blocks) Tiles<false>(w, k_blocks, xb, m_blocks, mb, out, mb == 0);
 }
 
-// y[m][n0 + i] = out[i][m] for i < 32, m < M.
+// y[m][n0 + i] = out[i][m] for i < 32, m < M. STREAM: non-temporal stores (y 64-byte aligned, N a multiple of 16),
+// for the head's [M, 262144] logits: no read for ownership, and they do not evict the weights being streamed
+// (a C++ harness at 32 rows: ~76% of read speed vs ~69% with plain stores, over 8 loaded samples). The caller
+// fences (_mm_sfence) before the results are used.
+template <bool STREAM>
 inline void StoreTransposed(const float* out, int64_t m_dim, int64_t m_blocks, float* y, int64_t n0, int64_t n_dim) {
   const int64_t ldo = m_blocks * 16;
   const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                           _mm512_set1_epi32(int(ldo)));
   for (int64_t m = 0; m < m_dim; ++m) {
-    _mm512_storeu_ps(y + m * n_dim + n0, _mm512_i32gather_ps(rows, out + m, 4));
-    _mm512_storeu_ps(y + m * n_dim + n0 + 16, _mm512_i32gather_ps(rows, out + 16 * ldo + m, 4));
+    const __m512 lo = _mm512_i32gather_ps(rows, out + m, 4), hi = _mm512_i32gather_ps(rows, out + 16 * ldo + m, 4);
+    float* dst = y + m * n_dim + n0;
+    if (STREAM) {
+      _mm512_stream_ps(dst, lo);
+      _mm512_stream_ps(dst + 16, hi);
+    } else {
+      _mm512_storeu_ps(dst, lo);
+      _mm512_storeu_ps(dst + 16, hi);
+    }
   }
 }
 
@@ -208,7 +219,7 @@ ffi::Error AmxMatmul(ffi::ThreadPool pool, F32Matrix x, Bf16Tiles w, ffi::Result
     std::vector<float> out(kBlockRows * s.m_blocks * 16);
     for (int64_t nb = lo; nb < hi; ++nb) {
       Block(wp + nb * s.k_blocks * kBlockRows * kBlockK, s.k_blocks, xb.data(), s.m_blocks, out.data());
-      StoreTransposed(out.data(), s.m_dim, s.m_blocks, yp, nb * kBlockRows, s.n_dim);
+      StoreTransposed<false>(out.data(), s.m_dim, s.m_blocks, yp, nb * kBlockRows, s.n_dim);
     }
     _tile_release();
   });
@@ -228,6 +239,7 @@ ffi::Error AmxHead(ffi::ThreadPool pool, F32Matrix x, Bf16Tiles w, float tempera
   const auto* wp = reinterpret_cast<const uint16_t*>(w.typed_data());
   const auto xb = PackActivations(x.typed_data(), s.m_dim, s.k_dim, s.m_blocks);
   float* yp = y->typed_data();
+  const bool stream = reinterpret_cast<uintptr_t>(yp) % 64 == 0 && s.n_dim % 16 == 0;
   ParallelFor(pool, nb, 1, [&](int64_t lo, int64_t hi) {
     _tile_loadconfig(&kTileConfig);
     const int64_t ldo = s.m_blocks * 16;
@@ -236,13 +248,17 @@ ffi::Error AmxHead(ffi::ThreadPool pool, F32Matrix x, Bf16Tiles w, float tempera
       const int64_t n0 = b * kStatsBlock, rows = std::min(kStatsBlock, s.n_dim - n0);
       for (int64_t i = 0; i < rows; i += kBlockRows) {
         Block(wp + (n0 + i) * s.k_dim, s.k_blocks, xb.data(), s.m_blocks, out.data() + i * ldo);
-        StoreTransposed(out.data() + i * ldo, s.m_dim, s.m_blocks, yp, n0 + i, s.n_dim);
+        if (stream)
+          StoreTransposed<true>(out.data() + i * ldo, s.m_dim, s.m_blocks, yp, n0 + i, s.n_dim);
+        else
+          StoreTransposed<false>(out.data() + i * ldo, s.m_dim, s.m_blocks, yp, n0 + i, s.n_dim);
       }
       const int64_t next_rows = b + 1 < hi ? std::min(kStatsBlock, s.n_dim - n0 - rows) : 0;
       Summarize(out.data(), rows, s.m_dim, s.m_blocks, temperature, b, nb, block_max->typed_data(),
                 block_sum->typed_data(), tempered_sum->typed_data(),
                 reinterpret_cast<const char*>(wp + (n0 + rows) * s.k_dim), next_rows * s.k_dim * 2);
     }
+    _mm_sfence();  // the streamed logits are visible before ParallelFor reports this chunk done
     _tile_release();
   });
   return ffi::Error::Success();
