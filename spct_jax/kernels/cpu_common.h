@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <thread>
 
 #include "xla/ffi/api/ffi.h"
@@ -24,7 +25,9 @@ using F32Matrix = ffi::Buffer<ffi::F32, 2>;
 // Runs body(lo, hi) over [0, n) in contiguous chunks of at least `grain`, on the calling thread and XLA's intra-op
 // pool, and waits for all of them. Chunks are taken from a shared counter (8 per thread): on a machine shared with
 // other processes, a thread that loses its core leaves its remaining chunks to the others instead of holding the
-// whole call back.
+// whole call back. And the caller never waits for a helper that has not started by the time the chunks are gone
+// (a pool thread can take ~50-200 us to wake on a loaded machine, longer than a small decode matmul): such a
+// helper finds the call closed and returns without touching it.
 template <typename Body>
 void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t grain, Body body) {
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
@@ -33,22 +36,25 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t grain, Body body) {
     body(0, n);
     return;
   }
+  struct State {
+    std::atomic<int64_t> next{0}, active{0};
+    std::atomic<bool> closed{false};
+  };
+  auto state = std::make_shared<State>();  // outlives the call for helpers that start after it returned
   const int64_t step = (n + chunks - 1) / chunks;
-  std::atomic<int64_t> next{0};
-  auto work = [&] {
-    for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < chunks;
-         c = next.fetch_add(1, std::memory_order_relaxed))
+  auto work = [&body, n, chunks, step](State& st) {
+    for (int64_t c = st.next.fetch_add(1); c < chunks; c = st.next.fetch_add(1))
       body(std::min(n, c * step), std::min(n, (c + 1) * step));
   };
-  const int64_t helpers = std::min(threads, chunks) - 1;
-  std::atomic<int64_t> pending{helpers};
-  for (int64_t h = 0; h < helpers; ++h)
-    pool.Schedule([&] {
-      work();
-      pending.fetch_sub(1, std::memory_order_release);
+  for (int64_t h = 0, helpers = std::min(threads, chunks) - 1; h < helpers; ++h)
+    pool.Schedule([state, &work] {
+      state->active.fetch_add(1);
+      if (!state->closed.load()) work(*state);  // not closed: the caller waits for `active` before returning
+      state->active.fetch_sub(1);
     });
-  work();
-  while (pending.load(std::memory_order_acquire) > 0) std::this_thread::yield();
+  work(*state);
+  state->closed.store(true);
+  while (state->active.load() > 0) std::this_thread::yield();
 }
 
 }  // namespace spct
