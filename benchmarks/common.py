@@ -7,6 +7,7 @@ memory, threads and allocator state never leak into another's numbers. A worker 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import json
@@ -208,6 +209,19 @@ def hf_gemma3_270m(dtype: str = "float32", attn_implementation: str = "sdpa"):
   return model.to(getattr(torch, dtype)).eval()
 
 
+def torch_left_padded(prompts, pad_id: int):
+  """(input_ids, attention_mask) torch int64 [B, T] of token-id prompts, left-padded as HF `generate` expects."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  length = max(len(p) for p in prompts)
+  ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
+  mask = torch.zeros_like(ids)
+  for i, p in enumerate(prompts):
+    ids[i, length - len(p):] = torch.tensor(p)
+    mask[i, length - len(p):] = 1
+  return ids, mask
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Tables.
 
@@ -245,6 +259,14 @@ def print_report(lines: list[str], *, failed: Sequence[str], targets: str, markd
   print("\n".join(lines))
   if markdown:
     pathlib.Path(markdown).write_text("\n".join(lines) + "\n")
+
+
+def add_worker_args(parser: argparse.ArgumentParser) -> None:
+  """--worker-timeout, and the hidden flags a benchmark's parent passes to its per-system worker processes."""
+  parser.add_argument("--worker-timeout", type=float, help="seconds before a system's worker is killed (skipped)")
+  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--system", help=argparse.SUPPRESS)
+  parser.add_argument("--spec", help=argparse.SUPPRESS)
 
 
 def parse_systems(parser, text: str, valid) -> list[str]:

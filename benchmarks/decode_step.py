@@ -46,6 +46,7 @@ def _decoder(model, rows: int, steps: int, prompt_len: int):
 
   from spct_jax import sampler, strategies  # pylint: disable=g-import-not-at-top
   from spct_jax.model import decoding  # pylint: disable=g-import-not-at-top
+  from spct_jax.stop_rules import NEVER_STOP  # pylint: disable=g-import-not-at-top
 
   cfg = model.cfg
   prompts, k = _prompts(rows, prompt_len)
@@ -58,11 +59,11 @@ def _decoder(model, rows: int, steps: int, prompt_len: int):
   strategy = strategies.Sampling(1.0) if rows > 1 else strategies.Greedy()
   decode = jax.jit(functools.partial(sampler.decode, cfg, max_new_tokens=steps, strategy=strategy, eos_ids=(-1,),
                                      pad_id=0, matmul=matmul), donate_argnums=(1,))
-  vocab_mask = np.zeros(cfg.vocab_size, np.bool_)
+  row_ids, stop_table = np.arange(len(row_source), dtype=np.int32), NEVER_STOP.table(cfg.vocab_size)
 
   def args():
     cache, logits, position = jax.block_until_ready(prefill(params, tokens, mask, row_source))
-    return params, cache, logits, position, jax.random.key(0), vocab_mask, vocab_mask
+    return params, cache, logits, position, jax.random.key(0), row_ids, stop_table
 
   return decode, args
 

@@ -172,12 +172,8 @@ def worker_hf(spec: dict, dtype: str) -> dict:
   load_gpu_mib = gpu_common.torch_peak_mib(dev)
 
   def run(prompts, n_new, k, sample):
-    length = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-      ids[i, length - len(p):] = torch.tensor(p)
-      mask[i, length - len(p):] = 1
+    ids, mask = common.torch_left_padded(prompts, pad_id)
+    length = ids.shape[1]
     kw = dict(max_new_tokens=n_new, min_new_tokens=n_new, do_sample=sample, num_return_sequences=k,
               pad_token_id=pad_id)
     if sample:

@@ -1,87 +1,71 @@
 """Entry point: `python -m spct_jax.main --config=configs/<experiment>.py[:variant] [--config.key=value ...]`.
 
-The config's `experiment` field picks the job: grpo, eval (rft_generate, rft and meta_rm come next).
+Flags -> distributed start-up (before any other JAX call) -> compile cache -> `EXPERIMENTS[config.experiment]
+.run(config, workdir)`. The logic lives in `spct_jax.experiments`, so a notebook can call the same `run`.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import logging
 import os
-import pathlib
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: path/to/config.py[:variant].")
+# accept_new_attributes: an unknown --config.a.b key reaches `check_overrides`, whose error names the valid keys.
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: path/to/config.py[:variant].",
+                                          accept_new_attributes=True, lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go "
                                "(default: runs/<config name>[-<variant>]). An existing workdir is resumed.")
-
-EXPERIMENTS = {
-    "grpo": "spct_jax.train.grpo_loop",
-    "eval": "spct_jax.evaluate",
-}
+flags.mark_flag_as_required("config")
 
 
-def _load_config_file(spec: str):
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("_spct_config", path)
-  if module_spec is None or not os.path.exists(path):
-    raise SystemExit(f"--config: no config file at {path!r}")
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
-
-
-def check_overrides(argv: list[str]) -> None:
-  """Fails on an unknown `--config.a.b=...` key, naming the valid keys at that level (absl's error does not)."""
-  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-  if spec is None:
-    return
-  config = _load_config_file(spec)
-  for arg in argv:
-    if not arg.startswith("--config."):
-      continue
-    node, walked = config, "config"
-    for key in arg[len("--config."):].split("=", 1)[0].split("."):
-      if not hasattr(node, "keys") or key not in node:
+def check_overrides(pristine, overrides) -> None:
+  """Fails on an unknown `--config.a.b` key, naming the valid keys at that level."""
+  for key in overrides:
+    node, walked = pristine, "config"
+    for part in key.split("."):
+      if not hasattr(node, "keys") or part not in node:
         valid = sorted(node.keys()) if hasattr(node, "keys") else []
-        raise SystemExit(f"unknown config key {walked}.{key} in {arg!r}; valid keys of {walked}: {valid}")
-      node, walked = node[key], f"{walked}.{key}"
+        raise SystemExit(f"unknown config key {walked}.{part} in --config.{key}; valid keys of {walked}: {valid}")
+      node, walked = node[part], f"{walked}.{part}"
 
 
 def default_workdir(spec: str) -> str:
   path, _, arg = spec.partition(":")
-  return str(pathlib.Path("runs") / (pathlib.Path(path).stem + (f"-{arg}" if arg else "")))
+  return os.path.join("runs", os.path.splitext(os.path.basename(path))[0] + (f"-{arg}" if arg else ""))
 
 
 def main(argv):
   del argv
+  from spct_jax import sharding  # pylint: disable=g-import-not-at-top
+  sharding.maybe_initialize_distributed(force=os.environ.get("SPCT_DISTRIBUTED") == "1")
+  # pylint: disable-next=g-import-not-at-top
+  from spct_jax.experiments import EXPERIMENTS, common, validation, workdir as workdir_lib
+
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  spec = config_flags.get_config_filename(flags.FLAGS["config"])
+  check_overrides(flags.FLAGS["config"].parser.parse(spec), config_flags.get_override_values(flags.FLAGS["config"]))
   config = _CONFIG.value
-  if config.experiment not in EXPERIMENTS:
-    raise SystemExit(f"config.experiment={config.experiment!r}; valid: {sorted(EXPERIMENTS)}")
-  spec = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--config="))
+  if config.get("experiment") not in EXPERIMENTS:
+    raise SystemExit(f"config.experiment={config.get('experiment')!r}; valid: {sorted(EXPERIMENTS)}")
   workdir = _WORKDIR.value or default_workdir(spec)
-  pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+  common.setup_compile_cache(config.get("compile_cache"))
   logging.info("experiment %s, workdir %s", config.experiment, workdir)
-  summary = importlib.import_module(EXPERIMENTS[config.experiment]).run(config, workdir)
+  try:
+    summary = EXPERIMENTS[config.experiment].run(config, workdir)
+  except (validation.ConfigError, workdir_lib.WorkdirLocked) as e:  # the message says it all: no traceback
+    raise SystemExit(str(e)) from None
   print(json.dumps({k: v for k, v in (summary or {}).items() if isinstance(v, (int, float, str, bool))},
                    indent=1, sort_keys=True))
 
 
 def run():
-  argv = [a for a in sys.argv]
-  if not any(a.startswith("--config=") or a == "--config" for a in argv):
-    raise SystemExit("usage: python -m spct_jax.main --config=configs/grpo.py[:variant] [--config.key=value]")
-  check_overrides(argv)
   app.run(main)
 
 

@@ -17,34 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from spct_jax import multihost, sampling_memory, strategies
 from spct_jax.model import decoding
 from spct_jax.model.config import ModelConfig
 from spct_jax.model.transformer import Transformer
-from spct_jax import strategies
+from spct_jax.stop_rules import NEVER_STOP, StopAfter
 from spct_jax.strategies import Greedy, strategy_for
-
-
-@dataclasses.dataclass(frozen=True)
-class StopAfter:
-  """A row also stops at any `stop_ids` token emitted after one of `trigger_ids` (e.g. the `}` closing a
-  `\\boxed{..}` score list): a judgement is complete there, and decoding on would cost time and, in RL, train on
-  whatever the model writes next."""
-
-  trigger_ids: tuple[int, ...]
-  stop_ids: tuple[int, ...]
-
-  @classmethod
-  def from_pieces(cls, tokenizer, trigger: str, stop: str) -> StopAfter:
-    """Every vocabulary piece containing `trigger` / `stop` (robust to how the text happens to be tokenized)."""
-    pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
-    return cls(tuple(i for i, p in enumerate(pieces) if trigger in p),
-               tuple(i for i, p in enumerate(pieces) if stop in p))
-
-  def masks(self, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
-    trigger, stop = np.zeros(vocab_size, np.bool_), np.zeros(vocab_size, np.bool_)
-    trigger[list(self.trigger_ids)] = True
-    stop[list(self.stop_ids)] = True
-    return trigger, stop
 
 
 @flax.struct.dataclass
@@ -91,7 +69,7 @@ def prefill(cfg: ModelConfig, params: decoding.DecodingParams, prompt_tokens: ja
 
 
 def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.LayerCache, logits: jax.Array,
-           next_position: jax.Array, key: jax.Array, trigger_mask: jax.Array, stop_mask: jax.Array, *,
+           next_position: jax.Array, key: jax.Array, row_ids: jax.Array, stop_table: jax.Array, *,
            max_new_tokens: int, strategy, eos_ids: tuple[int, ...], pad_id: int,
            matmul: decoding.Matmul = decoding.Matmul()) -> tuple[SampleOutput, decoding.LayerCache]:
   """Samples up to `max_new_tokens` per row with a `lax.while_loop`; the donated cache is updated in place.
@@ -99,14 +77,17 @@ def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.La
   `logits` are the prefill's (the first token's distribution). Each loop step runs the model on the token drawn
   last and draws the next, so the N tokens cost N - 1 forward steps: the cache returned holds the prompt and every
   generated token but the last (it lets the donated input buffer alias the output).
-  trigger_mask / stop_mask: bool[V] of a `StopAfter` condition (all False: EOS and max_new_tokens only).
+  stop_table: int[V, S] a `StopAfter` automaton's transitions (`NEVER_STOP`: EOS and max_new_tokens only); each
+  row carries its state (0 at the start) and stops on the token that reaches state S - 1.
 
   Each step's logits reach the strategy as `strategies.Logits` (with per-block softmax summaries: from the AMX head
   kernel on such CPUs, else `strategies.summarize`), so no step re-reads the [rows, V] logits to normalize or draw.
-  Token s is drawn with fold_in(key, s): results depend only on the seed, the shapes and the kernel path (the AMX
-  and XLA paths round logits differently, which can flip a draw that falls within rounding of a CDF boundary).
-  The loop exits early once every row has produced an EOS; with `matmul.live_rows`, once the live rows have
-  (filler rows never finish).
+  Token s of row r is drawn with fold_in(fold_in(key, s), row_ids[r]) (row_ids: int32[R], each row's index in the
+  whole request): a row's draws do not depend on the other rows, so a request split into row chunks samples what
+  it would in one call. Results depend only on the seed, the row ids and the kernel path (the AMX and XLA paths
+  round logits differently, which can flip a draw that falls within rounding of a CDF boundary). The loop exits
+  early once every row has produced an EOS; with `matmul.live_rows`, once the live rows have (filler rows never
+  finish).
   """
   rows = logits.shape[0]
   live = rows if matmul.live_rows is None else matmul.live_rows
@@ -114,16 +95,18 @@ def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.La
 
   def draw(s, logits: strategies.Logits, state):
     """Token s of every row from its logits; finished rows emit padding."""
-    out, done, lengths, armed = state
-    token, logp = strategy.sample(jax.random.fold_in(key, s), logits)
+    out, done, lengths, stop_state = state
+    row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.fold_in(key, s), row_ids)
+    token, logp = strategy.sample(row_keys, logits)
     model_logp = logits.at(token) - logits.log_normalizer()
     token = jnp.where(done, pad_id, token)
     put = lambda buf, val: jax.lax.dynamic_update_slice(buf, val[:, None].astype(buf.dtype), (0, s))
     out = dict(tokens=put(out["tokens"], token), logps=put(out["logps"], jnp.where(done, 0.0, logp)),
                model_logps=put(out["model_logps"], jnp.where(done, 0.0, model_logp)))
     lengths = lengths + (~done).astype(jnp.int32)
-    done = done | jnp.isin(token, eos) | (armed & stop_mask[token])
-    return token, (out, done, lengths, armed | trigger_mask[token])
+    stop_state = stop_table[token, stop_state].astype(jnp.int32)
+    done = done | jnp.isin(token, eos) | (stop_state == stop_table.shape[1] - 1)
+    return token, (out, done, lengths, stop_state)
 
   def step(carry):
     s, cache, token, state = carry
@@ -143,7 +126,7 @@ def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.La
              model_logps=jnp.zeros((rows, max_new_tokens), jnp.float32))
   no_rows = jnp.zeros((rows,), jnp.bool_)
   first = strategies.summarize(logits, strategy.summary_temperature)
-  token, state = draw(0, first, (out, no_rows, jnp.zeros((rows,), jnp.int32), no_rows))
+  token, state = draw(0, first, (out, no_rows, jnp.zeros((rows,), jnp.int32), jnp.zeros((rows,), jnp.int32)))
   _, cache, _, (out, done, lengths, _) = jax.lax.while_loop(
       keep_going, step, (jnp.ones((), jnp.int32), cache, token, state))
   return SampleOutput(tokens=out["tokens"], logps=out["logps"], model_logps=out["model_logps"], lengths=lengths,
@@ -186,9 +169,9 @@ def _compiled(kind: str, cfg: ModelConfig, params: decoding.DecodingParams, mesh
     else:
       per_token = named((r, n), ("batch", None))
       out_sh = SampleOutput(tokens=per_token, logps=per_token, model_logps=per_token, lengths=rows, done=rows)
-      vocab_mask = named((cfg.vocab_size,), (None,))
+      stop_table = named((cfg.vocab_size, 2), (None, None))  # replicated, whatever its number of states
       jitted = jax.jit(fn, donate_argnums=donate, out_shardings=(out_sh, cache_sh),
-                       in_shardings=(params_sh, cache_sh, rows_vocab, rows, named((), ()), vocab_mask, vocab_mask))
+                       in_shardings=(params_sh, cache_sh, rows_vocab, rows, named((), ()), rows, stop_table))
   _COMPILED[key] = jitted
   return jitted
 
@@ -238,8 +221,16 @@ def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, 
                        num_samples: int = 1, strategy=Greedy(), seed: int | jax.Array = 0,
                        eos_ids: Sequence[int] = (1,), pad_id: int = 0, length_multiple: int = 64,
                        stop: StopAfter | None = None, mesh: jax.sharding.Mesh | None = None,
+                       memory_budget_bytes: int | None = None,
                        ) -> tuple[SampleOutput, np.ndarray, np.ndarray, np.ndarray]:
-  """Token-level sampling: identical prompts are prefilled once; returns (output, prompt tokens, mask, row_source)."""
+  """Token-level sampling: identical prompts are prefilled once; returns (output, prompt tokens, mask, row_source).
+
+  The rows run in chunks of contiguous rows whose estimated footprint fits `memory_budget_bytes` per device
+  (`sampling_memory`; None = `sampling_memory.default_budget_bytes()`, a share of the memory free now). Each chunk
+  prefills its rows' prompts at the request's padded length and draws every row's tokens from the row's own keys,
+  so the output is the same however the rows are chunked. A request whose longest row alone does not fit raises
+  `sampling_memory.RowsDoNotFit` before any work.
+  """
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
   if max_new_tokens < 1:
@@ -258,29 +249,48 @@ def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, 
   row_source = np.repeat(np.asarray(prompt_rows, np.int32), num_samples)
   tokens, mask = left_pad(list(distinct), pad_id, multiple=length_multiple,
                           max_length=cfg.max_seq_len - max_new_tokens)
+  budget = sampling_memory.default_budget_bytes() if memory_budget_bytes is None else memory_budget_bytes
+  shards = 1 if mesh is None else mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+  chunks = sampling_memory.row_chunks(cfg, row_source, [len(p) for p in prompts], tokens.shape[1], max_new_tokens,
+                                      budget, shards=shards)
+  key = jax.random.key(seed) if isinstance(seed, int) else seed
+  if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)  # a raw uint32 key
   kernel = decoding.cpu_kernel_for(cfg, mesh)
   params = decoding.decoding_params(model, tiled=kernel == "amx")
+  run = functools.partial(_sample_rows, cfg, params, tokens, mask, key, mesh=mesh, kernel=kernel,
+                          max_new_tokens=max_new_tokens, strategy=strategy, eos_ids=tuple(int(e) for e in eos_ids),
+                          pad_id=pad_id, stop=stop)
+  outs = [run(row_source[chunk], np.arange(chunk.start, chunk.stop, dtype=np.int32)) for chunk in chunks]
+  out = outs[0] if len(outs) == 1 else jax.tree.map(lambda *parts: jnp.concatenate(parts), *outs)
+  return out, np.asarray(tokens), np.asarray(mask), row_source
+
+
+def _sample_rows(cfg: ModelConfig, params: decoding.DecodingParams, tokens: np.ndarray, mask: np.ndarray,
+                 key: jax.Array, row_source: np.ndarray, row_ids: np.ndarray, *, mesh, kernel: str | None,
+                 max_new_tokens: int, strategy, eos_ids: tuple[int, ...], pad_id: int,
+                 stop: StopAfter | None) -> SampleOutput:
+  """Prefill of the prompts rows `row_ids` continue (row_source[r] indexes `tokens`), then their decode loop."""
+  prompts, local_source = np.unique(row_source, return_inverse=True)
+  local_source = local_source.astype(np.int32)
   # A single row leaves size-1 dimensions that XLA:CPU folds into reshapes fused with the cache update (which then
   # copies the cache every step): decode one filler row (its matmuls are skipped, see `decoding.Matmul`) and drop it.
-  filler = len(row_source) == 1
-  decode_rows = np.repeat(row_source, 2) if filler else row_source
+  filler = len(local_source) == 1
+  decode_rows, row_ids = (np.repeat(local_source, 2), np.repeat(row_ids, 2)) if filler else (local_source, row_ids)
   matmul = decoding.Matmul(cpu_kernel=kernel, live_rows=1 if filler else None)
-  key = jax.random.key(seed) if isinstance(seed, int) else seed
   rules = None
   if mesh is not None:
     from spct_jax import sharding  # pylint: disable=g-import-not-at-top
     rules = sharding.DEFAULT_RULES
-  shape = (*tokens.shape, len(decode_rows), max_new_tokens)
+  shape = (len(prompts), tokens.shape[1], len(decode_rows), max_new_tokens)
   run_prefill = _compiled("prefill", cfg, params, mesh, rules, shape, cache_length=tokens.shape[1] + max_new_tokens,
                           matmul=matmul)
-  cache, logits, next_position = run_prefill(params, tokens, mask, decode_rows)
+  cache, logits, next_position = run_prefill(params, tokens[prompts], mask[prompts], decode_rows)
   run_decode = _compiled("decode", cfg, params, mesh, rules, shape, max_new_tokens=max_new_tokens,
-                         strategy=strategy, eos_ids=tuple(int(e) for e in eos_ids), pad_id=pad_id, matmul=matmul)
-  trigger_mask, stop_mask = (stop or StopAfter((), ())).masks(cfg.vocab_size)
-  out, _ = run_decode(params, cache, logits, next_position, key, trigger_mask, stop_mask)
-  if filler:
-    out = jax.tree.map(lambda a: a[:1], out)
-  return out, np.asarray(tokens), np.asarray(mask), row_source
+                         strategy=strategy, eos_ids=eos_ids, pad_id=pad_id, matmul=matmul)
+  stop_table = (stop or NEVER_STOP).table(cfg.vocab_size)
+  out, _ = run_decode(params, cache, logits, next_position, key, row_ids, stop_table)
+  return jax.tree.map(lambda a: a[:1], out) if filler else out
 
 
 def generate(model: Transformer, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, num_samples: int = 1,
@@ -302,7 +312,7 @@ def generate(model: Transformer, tokenizer, prompts: Sequence[str], *, max_new_t
       model, encoded, max_new_tokens=max_new_tokens, num_samples=num_samples,
       strategy=strategy_for(temperature, top_k, top_p), seed=seed, eos_ids=eos_ids, pad_id=tokenizer.pad_id,
       mesh=mesh)
-  out = jax.device_get(out)
+  out = multihost.to_host(out)
   texts = [tokenizer.decode([t for t in row[:n] if t not in eos_ids]) for row, n in zip(out.tokens, out.lengths)]
   return GenerationResult(texts=texts, tokens=out.tokens, logps=out.logps, model_logps=out.model_logps,
                           lengths=out.lengths, done=out.done, prompt_tokens=prompt_tokens, prompt_mask=prompt_mask,

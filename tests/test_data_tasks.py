@@ -1,11 +1,9 @@
 """seqio tasks and the TFDS builder read back exactly the items the readers / generator produce."""
 
 import pytest
+import seqio
 
-from spct_jax.data import readers, synthetic
-
-tasks = pytest.importorskip("spct_jax.data.tasks")
-seqio = pytest.importorskip("seqio")
+from spct_jax.data import readers, synthetic, tasks
 
 SIZES = {"train": 24, "validation": 6, "test": 5}
 OPTIONS = {"num_responses": (1, 4), "seed": 5}

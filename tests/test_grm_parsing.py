@@ -88,3 +88,26 @@ def test_parse_batch_scalar_n_and_range():
   assert errors[2] == "score 3 outside [0, 1]"
   with pytest.raises(ValueError, match="3 texts"):
     parsing.parse_batch(["a", "b", "c"], [1, 2])
+
+
+@pytest.mark.parametrize("text", ["\\boxed{٧, 3}", "\\boxed{8, ３}", "[[٨, 1]]", "\\boxed{१}"])
+def test_only_ascii_digits_are_scores(text):
+  # Python's \d and int() accept Arabic-Indic, full-width and Devanagari digits; the parser must not.
+  n = 1 if text.count(",") == 0 else 2
+  parsed = parsing.parse_scores(text, n)
+  assert not parsed.ok
+  assert parsed.error.endswith("is not an integer") or parsed.error == parsing.NO_SCORES_ERROR
+
+
+def test_parse_batch_per_row_score_ranges_and_width():
+  texts = ["\\boxed{1}", "\\boxed{9, 2}", "\\boxed{10}", "\\boxed{0, 1}"]
+  scores, valid, errors = parsing.parse_batch(texts, [1, 2, 1, 2], score_range=[(0, 1), (1, 10), (0, 1), (1, 10)],
+                                              width=4)
+  assert scores.shape == (4, 4)
+  np.testing.assert_array_equal(scores, [[1, 0, 0, 0], [9, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+  np.testing.assert_array_equal(valid, [True, True, False, False])
+  assert errors[2:] == ["score 10 outside [0, 1]", "score 0 outside [1, 10]"]
+  with pytest.raises(ValueError, match="score_range has 1 entries"):
+    parsing.parse_batch(texts, 1, score_range=[(0, 1)])
+  with pytest.raises(ValueError, match="width=1"):
+    parsing.parse_batch(texts, [1, 2, 1, 2], width=1)

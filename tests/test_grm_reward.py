@@ -80,3 +80,34 @@ def test_check_ratings():
     reward.check_ratings([[3, 1, 1], [5, 5, 2]])
   with pytest.raises(ValueError, match="no real responses"):
     reward.check_ratings([[1, 0]], response_mask=[[False, False]])
+
+
+class _Item:
+  def __init__(self, responses, ratings):
+    self.responses, self.ratings = tuple(responses), tuple(ratings)
+
+
+def test_rollout_rewards_unshuffle_each_rollout_and_use_each_items_range():
+  items = [_Item(["a", "b", "c"], [0, 1, 0]), _Item(["x"], [1])]
+  # Item 0 shows (2, 1, 0): the best (original 1) sits at position 1. Item 1 is a single 0/1 item.
+  perms = np.array([[[2, 1, 0]], [[0, 1, 2]]], np.int32)
+  texts = ["\\boxed{3, 9, 1}", "\\boxed{9, 3, 1}", "\\boxed{1}", "\\boxed{0}"]
+  rewards, valid = reward.rollout_rewards(texts, items, perms, 2, ["default", "single_binary"])
+  np.testing.assert_array_equal(rewards, [1, -1, 1, -1])
+  assert valid.all()
+  # One order per rollout (m = G): rollout 1 showed the identity order, so its 9 is response 0's.
+  per_rollout = np.array([[[2, 1, 0], [0, 1, 2]], [[0, 1, 2], [0, 1, 2]]], np.int32)
+  rewards, _ = reward.rollout_rewards(texts, items, per_rollout, 2, ["default", "single_binary"])
+  np.testing.assert_array_equal(rewards, [1, -1, 1, -1])
+  texts[1] = "\\boxed{3, 9, 1}"
+  rewards, _ = reward.rollout_rewards(texts, items, per_rollout, 2, ["default", "single_binary"])
+  np.testing.assert_array_equal(rewards, [1, 1, 1, -1])
+  with pytest.raises(ValueError, match="orders per item"):
+    reward.rollout_rewards(texts, items, np.zeros((2, 3, 3), np.int32), 2, ["default", "single_binary"])
+  with pytest.raises(ValueError, match="2 items x 2 rollouts"):
+    reward.rollout_rewards(texts[:3], items, perms, 2, ["default", "single_binary"])
+
+
+def test_ratings_array_pads_with_zeros():
+  np.testing.assert_array_equal(reward.ratings_array([_Item("ab", [0, 1]), _Item("x", [1])], 3),
+                                [[0, 1, 0], [1, 0, 0]])

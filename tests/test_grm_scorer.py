@@ -2,10 +2,13 @@
 
 import re
 
+import ml_collections
 import numpy as np
 import pytest
 
-from spct_jax.grm import GRM, is_correct
+from spct_jax.data import schema
+from spct_jax.experiments import common
+from spct_jax.grm import GRM, GRMOptions, is_correct, reward, scorer, templates
 from spct_jax.grm.scorer import _vote
 
 RESPONSES = ("answer=3", "answer=9", "answer=5", "answer=1")
@@ -27,11 +30,15 @@ class PromptFunctionGRM(GRM):
     self.prompts_seen.extend(prompts)
     texts = []
     for i, prompt in enumerate(prompts):
-      shown = re.findall(r"\[The Begin of Response \d+\]\n(.*?)\n\[The End", prompt, flags=re.S)
+      task = prompt[prompt.rindex("#### Responses to be Scored ####"):]  # past any demonstrations
+      shown = re.findall(r"\[The Begin of Response \d+\]\n(.*?)\n\[The End", task, flags=re.S)
+      single = re.findall(r"\[The Begin of Response\]\n(.*?)\n\[The End", task, flags=re.S)
       if self.fail_every and i % self.fail_every == 0:
         texts.append("Analysis: I cannot decide.")
+      elif single and "The score is 0 or 1" in prompt:  # the 0/1 template: right iff quality >= 5
+        texts.append("Analysis: ...\nScores: \\boxed{" + str(int(_quality(single[0]) >= 5)) + "}")
       else:
-        texts.append("Analysis: ...\nScores: \\boxed{" + ", ".join(str(_quality(r)) for r in shown) + "}")
+        texts.append("Analysis: ...\nScores: \\boxed{" + ", ".join(str(_quality(r)) for r in shown + single) + "}")
     return texts
 
 
@@ -61,7 +68,7 @@ def test_unparseable_samples_contribute_nothing_and_are_counted():
 
 def test_meta_rm_keeps_top_k_meta_samples():
   grm = PromptFunctionGRM(num_distinct_orders=2, k_meta=2)
-  meta = lambda items, texts: np.array([[0.1, 0.9, 0.5, 0.7]])
+  meta = lambda items, texts, perms: np.array([[0.1, 0.9, 0.5, 0.7]])
   result = grm.score_batch([((("user", "q"),), RESPONSES)], k=4, meta_scorer=meta)
   np.testing.assert_array_equal(result.kept[0], [False, True, False, True])
   np.testing.assert_array_equal(result.voted[0], 2 * np.array([3, 9, 5, 1]))
@@ -103,3 +110,108 @@ def test_bad_k_raises():
     PromptFunctionGRM().score("q", RESPONSES, k=0)
   with pytest.raises(ValueError, match="unknown"):
     PromptFunctionGRM(template="nope")
+
+
+def _item(responses, ratings, query="q", uid="u"):
+  return schema.PreferenceItem(conversation=(("user", query),), responses=tuple(responses), ratings=tuple(ratings),
+                               category="c", source="test", uid=uid)
+
+
+def test_each_item_gets_its_template_demonstrations_and_score_range_in_a_mixed_batch():
+  grm = PromptFunctionGRM(demonstrations=("DEMO-PAIR",), single_demonstrations=("DEMO-SINGLE",))
+  items = [_item(["answer=7"], [1.0], uid="right"), _item(["answer=3", "answer=9"], [0.0, 1.0], uid="pair"),
+           _item(["answer=2"], [0.0], uid="wrong")]
+  result = grm.score_batch(items, k=2)
+  assert result.templates == ["single_binary", "default", "single_binary"]
+  for prompt, name in zip(grm.prompts_seen, np.repeat(result.templates, 2)):
+    # The n = 1 items are asked for 0/1 and shown n = 1 demonstrations, the pair the 1..10 prompt and its demos.
+    assert prompt.startswith("DEMO-SINGLE" if name == "single_binary" else "DEMO-PAIR")
+    assert ("The score is 0 or 1" in prompt) == (name == "single_binary")
+    assert ("\\boxed{x, x}" in prompt) == (name == "default")
+  # Each row is parsed with its own range: 0/1 for the singles (0 is a valid score there), 1..10 for the pair.
+  assert result.valid.all()
+  np.testing.assert_array_equal(result.voted, [[2, 0], [6, 18], [0, 0]])
+  # GRPO's reward follows the same templates: the right single (label 1) scored 1 is +1, not -1 as the 1..10
+  # template's exact match rewarded it; the wrong one scored 0 is +1; a 1..10 score on a single is unparseable.
+  texts = ["Scores: \\boxed{1}", "Scores: \\boxed{10}", "Scores: \\boxed{2, 9}", "Scores: \\boxed{9, 2}",
+           "Scores: \\boxed{0}", "Scores: \\boxed{1}"]
+  perms = np.array([[[0, 1]], [[0, 1]], [[0, 1]]], np.int32)
+  rewards, valid = reward.rollout_rewards(texts, items, perms, 2, scorer.item_templates(items, grm.options))
+  np.testing.assert_array_equal(rewards, [1, -1, 1, -1, 1, -1])
+  np.testing.assert_array_equal(valid, [True, False, True, True, True, True])
+
+
+def test_single_binary_demonstrations_render_as_single_items():
+  # Before: demonstrations were always n = 2 renders, which the 0/1 template rejected ("score 2 outside [0, 1]").
+  grm_cfg = lambda single: ml_collections.ConfigDict(dict(num_demonstrations=2, demo_seed=1, template="default",
+                                                          single_template=single))
+  demos = common.demonstrations(grm_cfg("single_binary"))
+  assert len(demos["demonstrations"]) == len(demos["single_demonstrations"]) == 2
+  for demo in demos["single_demonstrations"]:
+    assert "The score is 0 or 1" in demo and "[The Begin of Response]" in demo
+    assert demo.rstrip().endswith(("\\boxed{0}", "\\boxed{1}"))
+  assert all("[The Begin of Response 2]" in d for d in demos["demonstrations"])
+  assert common.demonstrations(grm_cfg(None))["single_demonstrations"] == ()
+
+
+def test_template_options_are_validated_per_item():
+  grm = PromptFunctionGRM()
+  with pytest.raises(ValueError, match="label 7"):  # a 1..10 label on the 0/1 template
+    grm.score_batch([_item(["answer=7"], [7.0])], k=1)
+  on_default = PromptFunctionGRM(single_template=None)  # n = 1 on the 1..10 scale, exact match with a 1..10 label
+  result = on_default.score_batch([_item(["answer=7"], [7.0])], k=1)
+  assert result.templates == ["default"] and result.voted[0, 0] == 7
+  with pytest.raises(ValueError, match="unknown"):
+    PromptFunctionGRM(single_template="nope")
+
+
+def test_every_sample_shuffles_anew_and_repeated_orders_share_a_prompt():
+  grm = PromptFunctionGRM()  # num_distinct_orders None: the default
+  result = grm.score("q", RESPONSES, k=8)
+  orders = [tuple(p) for p in result.perms[0]]
+  assert len(set(orders)) > 2  # not two orders cycled (4! = 24 orders)
+  assert orders != [orders[s % 2] for s in range(8)]
+  pair = PromptFunctionGRM()
+  pair_result = pair.score("q", RESPONSES[:2], k=8)
+  assert {tuple(p) for p in pair_result.perms[0]} == {(0, 1), (1, 0)}
+  assert len(set(pair.prompts_seen)) == 2  # identical prompts: the sampler prefills each once
+  np.testing.assert_array_equal(pair_result.voted[0], [24, 72])
+
+
+def test_meta_rm_sees_each_samples_order():
+  seen = {}
+
+  def meta(items, texts, perms):
+    seen.update(items=items, texts=texts, perms=perms)
+    return np.arange(perms.shape[0] * perms.shape[1], dtype=np.float32).reshape(perms.shape[:2])
+
+  grm = PromptFunctionGRM(k_meta=2)
+  result = grm.score_batch([((("user", "q"),), RESPONSES)], k=4, meta_scorer=meta)
+  np.testing.assert_array_equal(seen["perms"], result.perms)
+  inputs = scorer.meta_rm_inputs(seen["items"], seen["texts"], seen["perms"])
+  for s in range(4):
+    shown = [RESPONSES[i] for i in seen["perms"][0, s]]
+    # The judgement scores the responses in the order this sample showed them, and so does the meta RM input.
+    assert seen["texts"][0][s].endswith("\\boxed{" + ", ".join(str(_quality(r)) for r in shown) + "}")
+    assert inputs[0][s] == templates.meta_rm_input((("user", "q"),), shown, seen["texts"][0][s])
+    blocks = [inputs[0][s].index(f"[The Begin of Response {p + 1}]\n{r}\n") for p, r in enumerate(shown)]
+    assert blocks == sorted(blocks)
+  np.testing.assert_array_equal(result.kept[0], [False, False, True, True])
+
+
+def test_result_counts_votes_and_items_without_labels_use_the_single_template():
+  grm = PromptFunctionGRM(fail_every=3)
+  result = grm.score("q", ["answer=8"], k=6)  # a bare (conversation, responses) item: no label to check
+  assert result.templates == ["single_binary"]
+  np.testing.assert_array_equal(result.num_votes, [4])
+  assert result.voted.dtype == np.int32 and result.voted[0, 0] == 4
+
+
+def test_hinted_prompts_keep_per_item_templates():
+  grm = PromptFunctionGRM()
+  items = [_item(["answer=3", "answer=9"], [0.0, 1.0]), _item(["answer=7"], [1.0])]
+  result = grm.score_batch(items, k=2, hint_best=[1, None])
+  for prompt, perm in zip(grm.prompts_seen[:2], result.perms[0]):
+    assert prompt.endswith(f"The best response is: Response {int(np.flatnonzero(perm == 1)[0]) + 1}\n")
+  assert all("The best response" not in p and "The score is 0 or 1" in p for p in grm.prompts_seen[2:])
+  assert scorer.item_prompt(items[0], GRMOptions(), [1, 0], hint_best=1).endswith("Response 1\n")

@@ -122,3 +122,23 @@ def test_meta_rm_input_layout():
   assert "Evaluation Criteria" not in text
   gemma = templates.meta_rm_input(CONV, ["a", "b"], "T", chat_style="gemma")
   assert gemma.endswith("<start_of_turn>model\nT<end_of_turn>")
+
+
+def test_template_for_follows_the_item():
+  assert templates.template_for(2) == "default"
+  assert templates.template_for(5, None) == "default"
+  assert templates.template_for(1) == "single_binary"  # unlabelled single response: the 0/1 prompt
+  assert templates.template_for(1, 1.0) == templates.template_for(1, 0) == "single_binary"
+  assert templates.template_for(1, 7, single=None) == "default"  # n = 1 on the 1..10 scale, by choice
+  assert templates.template_for(3, default="default", single=None) == "default"
+  # A 0/1 label judged on the 1..10 scale (or a 1..10 label on 0/1) is refused, not silently inverted.
+  with pytest.raises(ValueError, match=r"label 0 is not an integer in template 'default'.*\[1, 10\]"):
+    templates.template_for(1, 0, single=None)
+  with pytest.raises(ValueError, match=r"label 7 .*'single_binary'"):
+    templates.template_for(1, 7)
+  with pytest.raises(ValueError, match="label 0.5"):
+    templates.template_for(1, 0.5)
+  with pytest.raises(ValueError, match="unknown GRM template"):
+    templates.template_for(2, default="nope")
+  with pytest.raises(ValueError, match="at least 1 response"):
+    templates.template_for(0)

@@ -100,13 +100,14 @@ def test_accuracy_tie_random_vs_strict():
   ])
   ratings = jnp.array([[1, 0, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0]])
   mask = jnp.array([[1, 1, 0], [1, 1, 0], [1, 1, 0], [1, 1, 1]], bool)
-  acc = jax.jit(lambda v, r, m, k: voting.accuracy(v, r, response_mask=m, key=k))(voted, ratings, mask,
-                                                                                   jax.random.key(0))
+  votes = jnp.full((4,), 4)
+  acc = jax.jit(lambda v, r, m, k: voting.accuracy(v, r, num_votes=votes, response_mask=m, key=k))(
+      voted, ratings, mask, jax.random.key(0))
   np.testing.assert_array_equal(acc["strict"], [True, False, False, False])
   np.testing.assert_allclose(acc["tie_expected"], [1.0, 0.5, 0.0, 0.5])
   assert acc["tie_random"][0] == 1.0 and acc["tie_random"][2] == 0.0
   # Over many keys the random tie-break on rows 1 and 3 is right about half the time.
-  draws = jax.vmap(lambda k: voting.accuracy(voted, ratings, response_mask=mask, key=k)["tie_random"])(
+  draws = jax.vmap(lambda k: voting.accuracy(voted, ratings, num_votes=votes, response_mask=mask, key=k)["tie_random"])(
       jax.random.split(jax.random.key(1), 400))
   mean = np.asarray(draws).mean(0)
   assert mean[0] == 1.0 and mean[2] == 0.0
@@ -116,6 +117,45 @@ def test_accuracy_tie_random_vs_strict():
 def test_accuracy_rmb_best_of_n():
   voted = jnp.array([[30, 12, 29, 7], [28, 12, 29, 7]])
   ratings = jnp.array([[1, 0, 0, 0], [1, 0, 0, 0]])
-  acc = voting.accuracy(voted, ratings, key=jax.random.key(0))
+  acc = voting.accuracy(voted, ratings, num_votes=jnp.array([3, 3]), key=jax.random.key(0))
   np.testing.assert_array_equal(acc["strict"], [True, False])
   np.testing.assert_array_equal(acc["tie_random"], [1.0, 0.0])
+
+
+def test_independent_orders_per_sample_by_default():
+  # None (the default): sample s draws its own permutation, exactly rng.permutation(n) in turn.
+  perms = voting.response_orders(np.random.default_rng(5), n=5, k=8)
+  reference = np.random.default_rng(5)
+  np.testing.assert_array_equal(perms, [reference.permutation(5) for _ in range(8)])
+  assert len({tuple(r) for r in perms.tolist()}) == 8  # 5! = 120 orders: eight distinct draws here, no cycle
+  # Each response is shown first about equally often over many samples (uniform, independent orders).
+  firsts = voting.response_orders(np.random.default_rng(6), n=4, k=4000)[:, 0]
+  np.testing.assert_allclose(np.bincount(firsts) / 4000, 0.25, atol=0.03)
+  # n = 2 has two orders, so independent draws repeat them (their prompts then share a prefill).
+  pair = voting.response_orders(np.random.default_rng(7), n=2, k=8, pad_to=3)
+  assert {tuple(r) for r in pair[:, :2].tolist()} == {(0, 1), (1, 0)}
+  np.testing.assert_array_equal(pair[:, 2], 2)
+
+
+def test_voted_label_is_the_rounded_mean_of_the_valid_samples():
+  # Four samples of a 0/1 item: sums 0..4 over 4 votes; 2 of 4 is a tie and goes to 1; no vote is -1.
+  sums = jnp.array([0, 1, 2, 3, 4, 1, 0])
+  votes = jnp.array([4, 4, 4, 4, 4, 1, 0])
+  np.testing.assert_array_equal(voting.voted_label(sums, votes), [0, 0, 1, 1, 1, 1, -1])
+  # On the 1..10 scale (n = 1 judged by the default template): mean 7.5 rounds up, 7.25 down.
+  np.testing.assert_array_equal(voting.voted_label(jnp.array([15, 29]), jnp.array([2, 4])), [8, 7])
+
+
+def test_single_response_accuracy_at_k_above_one_uses_the_voted_label():
+  # n = 1 items padded to n = 2; k = 4 samples, the sums are over the valid ones.
+  voted = jnp.array([[3, 0], [1, 0], [2, 0], [0, 0], [0, 0], [16, 12]])
+  ratings = jnp.array([[1, 0], [1, 0], [1, 0], [0, 0], [0, 0], [1, 0]])
+  mask = jnp.array([[1, 0], [1, 0], [1, 0], [1, 0], [1, 0], [1, 1]], bool)
+  votes = jnp.array([4, 4, 4, 4, 0, 4])
+  acc = voting.accuracy(voted, ratings, num_votes=votes, response_mask=mask, key=jax.random.key(0))
+  # 3/4 say correct -> 1 (right); 1/4 -> 0 (wrong); 2/4 -> 1 (right); 0/4 -> 0 on a 0 label (right);
+  # no valid sample -> wrong; the pair row is unaffected.
+  expected = [True, False, True, True, False, True]
+  np.testing.assert_array_equal(acc["strict"], expected)
+  np.testing.assert_array_equal(acc["tie_random"], np.asarray(expected, np.float32))
+  np.testing.assert_array_equal(acc["tie_expected"], np.asarray(expected, np.float32))

@@ -5,14 +5,12 @@ import pathlib
 import jax
 import numpy as np
 import pytest
+import torch
+import transformers  # noqa: F401  the reference implementation (the test extra): a missing one fails, never skips
+from hf_fixtures import hf_logits, left_padded_batch, load_hf, random_flat, write_tiny_hf
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-
-from hf_fixtures import hf_logits, left_padded_batch, load_hf, random_flat, write_tiny_hf  # noqa: E402
-
-from spct_jax.model import get_config, model_from_flat  # noqa: E402
-from spct_jax.weights import export_hf, load_model, read_hf  # noqa: E402
+from spct_jax.model import get_config, model_from_flat
+from spct_jax.weights import export_hf, load_model, read_hf
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOL = 1e-4
@@ -82,7 +80,6 @@ def test_export_round_trip_through_transformers(tiny, tmp_path):
 
 
 def test_export_bfloat16_with_tokenizer(tiny, tmp_path):
-  import torch
   from safetensors import safe_open
 
   class FakeTokenizer:  # export only needs the serialized model bytes

@@ -6,7 +6,8 @@ import sys
 
 def test_core_modules_do_not_import_tensorflow_or_seqio():
   code = ("import sys, spct_jax, spct_jax.model, spct_jax.sampler, spct_jax.grm, spct_jax.grpo, spct_jax.weights, "
-          "spct_jax.train.grpo_loop, spct_jax.evaluate, spct_jax.main; "
+          "spct_jax.experiments, spct_jax.evaluators, spct_jax.train.loop, spct_jax.main, spct_jax.meta_rm, "
+          "spct_jax.data.meta_rm_examples, spct_jax.train.binary_metrics, spct_jax.rft, spct_jax.train.sft; "
           "bad = [m for m in ('tensorflow', 'seqio', 'tensorflow_datasets') if m in sys.modules]; "
           "assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

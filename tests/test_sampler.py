@@ -1,4 +1,6 @@
-"""Sampler: greedy equals step-by-step argmax, prefill sharing, determinism, EOS, filters, errors."""
+"""Sampler: greedy equals step-by-step argmax, prefill sharing, determinism, EOS, filters, stop rules, errors."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -123,12 +125,80 @@ def test_stop_after_trigger_ends_rows_at_the_stop_token(model):
   trigger = greedy[0]
   stop = next(t for t in greedy if t != trigger)
   out, *_ = sampler.sample_from_tokens(model, PROMPTS[:1], max_new_tokens=10,
-                                       stop=sampler.StopAfter((trigger,), (stop,)))
+                                       stop=sampler.StopAfter.after_tokens((trigger,), (stop,), model.cfg.vocab_size))
   n = expected_length(trigger, stop)
   assert n < 10, "the test needs a stop inside the window"
   assert int(out.lengths[0]) == n and bool(out.done[0])
   assert list(np.asarray(out.tokens[0, :n])) == greedy[:n] and (np.asarray(out.tokens[0, n:]) == 0).all()
   # Swapped: stop tokens emitted before the trigger do not count.
   out, *_ = sampler.sample_from_tokens(model, PROMPTS[:1], max_new_tokens=10,
-                                       stop=sampler.StopAfter((stop,), (trigger,)))
+                                       stop=sampler.StopAfter.after_tokens((stop,), (trigger,), model.cfg.vocab_size))
   assert int(out.lengths[0]) == expected_length(stop, trigger)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scripted:
+  """A test strategy that emits `script[r][s]` as row r's token s, whatever the logits.
+
+  The decode loop draws token s of row r with `fold_in(fold_in(key(seed), s), r)` (its documented key schedule; the
+  row ids of a one-chunk request are 0..R-1): the step is found by matching each row's key, so the script runs
+  through the real prefill / while_loop / stop machinery.
+  """
+
+  script: tuple[tuple[int, ...], ...]
+  seed: int
+  summary_temperature = 1.0
+
+  def sample(self, key, logits):
+    rows, steps = len(self.script), len(self.script[0])
+    step_key = lambda s, r: jax.random.key_data(jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), s), r))
+    candidates = jax.vmap(lambda s: jax.vmap(lambda r: step_key(s, r))(jnp.arange(rows)))(jnp.arange(steps))
+    step = jnp.argmax(jnp.all(candidates == jax.random.key_data(key)[None], axis=-1), axis=0)  # [R]
+    tokens = jnp.asarray(self.script, jnp.int32)[jnp.arange(rows), step]
+    return tokens, jnp.zeros(logits.values.shape[:1], jnp.float32)
+
+
+@pytest.fixture(scope="module")
+def gemma_tokenizer():
+  from spct_jax.weights import load_tokenizer
+  return load_tokenizer("gemma3-270m")
+
+
+@pytest.fixture(scope="module")
+def gemma_vocab_model(gemma_tokenizer):
+  return Transformer(get_config("tiny-gemma3", vocab_size=gemma_tokenizer.vocab_size), rngs=nnx.Rngs(0))
+
+
+def _judgement(tok, text, steps):
+  ids = tok.encode(text, add_bos=False)
+  assert len(ids) <= steps
+  return tuple(ids + [ids[-1]] * (steps - len(ids)))  # keeps writing past the end: only a stop rule ends it
+
+
+def test_score_stop_rule_ends_at_the_scores_box_not_a_quoted_box(gemma_tokenizer, gemma_vocab_model):
+  from spct_jax.grm import scorer
+  tok = gemma_tokenizer
+  quoting = (" The answer should be 42.\nAnalysis: Response 1 ends with \\boxed{42}, Response 2 with "
+             "\\boxed{41}.\nScores: \\boxed{8, 3}")
+  plain = " Correctness.\nAnalysis: Response 2 is wrong.\nScores:\\boxed{9,2}."  # ":\\" is one piece
+  rows = [quoting + "\nNext: \\boxed{1, 1} and more text", plain + " Trailing \\boxed{5} text"]
+  steps = 64
+  script = Scripted(tuple(_judgement(tok, r, steps) for r in rows), seed=11)
+  stop = scorer.stop_after_scores(tok, "Specific Criteria:")
+  out, *_ = sampler.sample_from_tokens(gemma_vocab_model, [tok.encode("Judge.", add_bos=True)] * 2,
+                                       max_new_tokens=steps, strategy=script, seed=11, stop=stop,
+                                       eos_ids=(tok.eos_id,), pad_id=tok.pad_id)
+  texts = [tok.decode([int(t) for t in row[:n]]) for row, n in zip(np.asarray(out.tokens), np.asarray(out.lengths))]
+  assert texts[0] == quoting
+  assert texts[1] == plain  # the piece "}." completes the box: the row stops on it
+  assert np.asarray(out.done).all()
+  assert (np.asarray(out.tokens[0, int(out.lengths[0]):]) == tok.pad_id).all()
+
+  # The old rule (first "}" after any piece containing "boxed") cut the first judgement inside its Analysis.
+  pieces = [tok.id_to_piece(i) for i in range(tok.vocab_size)]
+  old = sampler.StopAfter.after_tokens([i for i, p in enumerate(pieces) if "boxed" in p],
+                                       [i for i, p in enumerate(pieces) if "}" in p], tok.vocab_size)
+  out, *_ = sampler.sample_from_tokens(gemma_vocab_model, [tok.encode("Judge.", add_bos=True)] * 2,
+                                       max_new_tokens=steps, strategy=script, seed=11, stop=old,
+                                       eos_ids=(tok.eos_id,), pad_id=tok.pad_id)
+  assert tok.decode([int(t) for t in np.asarray(out.tokens[0, :int(out.lengths[0])])]).endswith("with \\boxed{42},")

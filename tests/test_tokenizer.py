@@ -101,7 +101,7 @@ def test_rebuild_fixes_on_a_toy_vocabulary():
 
 @pytest.fixture(scope="module")
 def hf_tok():
-  transformers = pytest.importorskip("transformers")
+  import transformers  # pylint: disable=g-import-not-at-top
   from spct_jax.weights import resolve_gemma3_270m
   path = resolve_gemma3_270m()
   return transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)

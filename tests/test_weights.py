@@ -9,6 +9,7 @@ import pytest
 from hf_fixtures import random_flat, toy_tokenizer_meta, write_gguf
 
 import spct_jax.weights as weights
+from spct_jax import files
 from spct_jax.model import flat_from_model, get_config, model_from_flat
 from spct_jax.weights import cache, export_hf, load_model, load_tokenizer, read_gguf, read_hf, read_orbax, save_model
 from spct_jax.weights.hf import config_from_hf
@@ -174,7 +175,6 @@ def test_hf_config_variants():
 
 @pytest.fixture
 def hf_folder(tmp_path):
-  pytest.importorskip("transformers")
   from hf_fixtures import write_tiny_hf
   return write_tiny_hf(tmp_path / "hf", "gemma3")
 
@@ -274,7 +274,7 @@ def test_failed_writes_leave_nothing(tmp_path):
   with pytest.raises(ValueError, match="blocks/q_norm"):
     export_hf(flat, cfg, tmp_path / "out")
   with pytest.raises(RuntimeError, match="midway"):
-    with cache.atomic_folder(tmp_path / "x") as tmp:
+    with files.atomic_path(tmp_path / "x", folder=True) as tmp:
       (tmp / "partial").write_text("half")
       raise RuntimeError("midway")
   assert list(tmp_path.iterdir()) == []

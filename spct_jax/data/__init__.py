@@ -1,7 +1,8 @@
 """Preference data: schema, dataset readers and synthetic verifiable items (pure Python, no TensorFlow).
 
-seqio / TFDS integration lives in `spct_jax.data.tasks`, which is deliberately NOT imported here: importing it
-pulls TensorFlow (seconds, gigabytes) and only the input pipeline needs it.
+seqio / TFDS integration lives in `spct_jax.data.tasks` (benchmark Tasks, TFDS builder), `.trajectories` (the RFT
+trajectory dataset) and `.sft_task` (the RFT SFT Task and its feature converter), which are deliberately NOT
+imported here: importing them pulls TensorFlow (seconds, gigabytes) and only the input pipeline needs it.
 """
 
 from spct_jax.data.readers import (

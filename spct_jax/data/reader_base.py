@@ -50,9 +50,14 @@ class ReadResult:
 
 
 class Tally:
-  """Mutable counter a reader fills while it reads; `result()` freezes it."""
+  """Mutable counter a reader fills while it reads; `result()` freezes it.
 
-  def __init__(self):
+  Args:
+    where: the file or folder read, named when nothing is kept.
+  """
+
+  def __init__(self, where: Path | str):
+    self.where = where
     self.records = 0
     self.items: list[schema.PreferenceItem] = []
     self.skipped: Counter[str] = Counter()
@@ -75,6 +80,12 @@ class Tally:
     return reason is not None
 
   def result(self) -> ReadResult:
+    """The items and stats; ValueError naming the source and the skip counts when no item was kept."""
+    if not self.items:
+      if not self.records:
+        raise ValueError(f"{self.where}: no records (empty files, or no file matched the subset/domain filters)")
+      counts = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped.items()))
+      raise ValueError(f"{self.where}: no items: all {self.records} records were skipped ({counts})")
     stats = ReadStats(
         records=self.records,
         kept=len(self.items),
@@ -111,35 +122,64 @@ def uid_prefix(path: Path, root: Path | str) -> str:
   return rel[:-3] if rel.endswith(".gz") else rel
 
 
-def _open_text(path: Path):
-  if path.suffix == ".gz":
-    return gzip.open(path, "rt", encoding="utf-8")
-  return open(path, encoding="utf-8")
+_GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+def _not_utf8(path: Path, data: bytes, err: UnicodeDecodeError, line: int | None = None) -> ValueError:
+  """ValueError naming the file, line and column of the first byte that is not UTF-8 in `data`."""
+  if line is None:  # `data` is the whole file: count lines up to the bad byte
+    line = data.count(b"\n", 0, err.start) + 1
+  column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+  return ValueError(f"{path}: line {line} column {column}: not UTF-8 (byte 0x{data[err.start]:02x}: {err.reason})")
+
+
+def _gzip_error(path: Path, err: Exception, after_line: int | None = None) -> ValueError:
+  where = "" if after_line is None else f" after line {after_line}"
+  return ValueError(f"{path}: truncated or corrupt gzip data{where} ({type(err).__name__}: {err})")
 
 
 def load_json_list(path: Path) -> list[Any]:
-  """A whole-file JSON list (optionally gzipped); ValueError naming the file on bad JSON or a non-list."""
+  """A whole-file JSON list (optionally gzipped); ValueError naming the file (and line) on bad bytes or JSON."""
   try:
-    with _open_text(path) as f:
-      data = json.load(f)
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+  except _GZIP_ERRORS as err:
+    raise _gzip_error(path, err) from None
+  except OSError as err:
+    raise ValueError(f"{path}: cannot read: {err}") from None
+  try:
+    obj = json.loads(data.decode("utf-8"))
+  except UnicodeDecodeError as err:
+    raise _not_utf8(path, data, err) from None
   except json.JSONDecodeError as err:
     raise ValueError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
-  except (OSError, UnicodeDecodeError, EOFError) as err:
-    raise ValueError(f"{path}: cannot read: {err}") from None
-  if not isinstance(data, list):
-    raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-  return data
+  if not isinstance(obj, list):
+    raise ValueError(f"{path}: expected a JSON list of records, got {type(obj).__name__}")
+  return obj
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, int, Any]]:
-  """Yields (record index, 1-based line, decoded object) per non-blank line; ValueError naming file and line."""
-  index = 0
-  with _open_text(path) as f:
-    for line_no, line in enumerate(f, start=1):
-      if not line.strip():
+  """Yields (record index, 1-based line, decoded object) per non-blank line; ValueError naming file and line.
+
+  Raises ValueError for invalid JSON, bytes that are not UTF-8 (with the column) and truncated gzip data (with
+  the last complete line), all naming the file.
+  """
+  index, line_no = 0, 0
+  opener = gzip.open if path.suffix == ".gz" else open
+  with opener(path, "rb") as f:
+    lines = enumerate(f, start=1)
+    while True:
+      try:
+        line_no, raw = next(lines)
+      except StopIteration:
+        return
+      except _GZIP_ERRORS as err:
+        raise _gzip_error(path, err, after_line=line_no) from None
+      if not raw.strip():
         continue
       try:
-        obj = json.loads(line)
+        obj = json.loads(raw.decode("utf-8"))
+      except UnicodeDecodeError as err:
+        raise _not_utf8(path, raw, err, line=line_no) from None
       except json.JSONDecodeError as err:
         raise ValueError(f"{path}: line {line_no} (record {index}): invalid JSON: {err.msg}") from None
       yield index, line_no, obj

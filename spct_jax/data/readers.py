@@ -32,12 +32,11 @@ is also binary error detection on single responses rather than preferences.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from spct_jax import files
 from spct_jax.data import schema
 from spct_jax.data.reader_base import ReadResult, ReadStats, Tally, iter_jsonl, record_errors
 from spct_jax.data.readers_pairs import (
@@ -80,7 +79,7 @@ def read_jsonl(path: Path | str) -> ReadResult:
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path} does not exist")
-  tally = Tally()
+  tally = Tally(path)
   for index, line, record in iter_jsonl(path):
     tally.records += 1
     with record_errors(path, index, line):
@@ -90,20 +89,7 @@ def read_jsonl(path: Path | str) -> ReadResult:
 
 def write_jsonl(items: Iterable[schema.PreferenceItem], path: Path | str) -> int:
   """Writes items (validated) in the generic format via a temporary file + rename; returns the count."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  count = 0
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      for item in items:
-        f.write(item.validate().to_json() + "\n")
-        count += 1
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-  return count
+  return files.write_lines((item.validate().to_json() for item in items), path)
 
 
 def shard_for_process(items: Sequence[T], process_index: int, process_count: int) -> list[T]:

@@ -49,7 +49,7 @@ def read_llmbar(
   """
   rb.check_order(order)
   directory = rb.dataset_dir(root, "llmbar") / "Dataset"
-  tally = rb.Tally()
+  tally = rb.Tally(directory)
   for path in rb.find_files(directory, ("dataset.json",)):
     category = path.parent.relative_to(directory).as_posix()
     if subsets and not any(category == s or category.startswith(s.rstrip("/") + "/") for s in subsets):
@@ -82,8 +82,9 @@ def read_judgebench(root: Path | str, *, order: str = "source", seed: int = 0) -
   in the shipped files).
   """
   rb.check_order(order)
-  tally = rb.Tally()
-  for path in rb.find_files(rb.dataset_dir(root, "judgebench") / "data", ("*.jsonl",)):
+  directory = rb.dataset_dir(root, "judgebench") / "data"
+  tally = rb.Tally(directory)
+  for path in rb.find_files(directory, ("*.jsonl",)):
     prefix = rb.uid_prefix(path, root)
     for index, line, record in rb.iter_jsonl(path):
       tally.records += 1
@@ -134,7 +135,7 @@ def read_pandalm(root: Path | str, *, order: str = "source", seed: int = 0) -> r
   rb.check_order(order)
   path = rb.dataset_dir(root, "pandalm") / "data" / "testset-v1.json"
   prefix = rb.uid_prefix(path, root)
-  tally = rb.Tally()
+  tally = rb.Tally(path)
   for index, record in enumerate(rb.load_json_list(path)):
     tally.records += 1
     with rb.record_errors(path, index):
@@ -166,7 +167,7 @@ def read_auto_j(root: Path | str, *, order: str = "source", seed: int = 0) -> rb
   rb.check_order(order)
   path = rb.dataset_dir(root, "auto-j") / "data" / "test" / "testdata_pairwise.jsonl"
   prefix = rb.uid_prefix(path, root)
-  tally = rb.Tally()
+  tally = rb.Tally(path)
   for index, line, record in rb.iter_jsonl(path):
     tally.records += 1
     with rb.record_errors(path, index, line):
@@ -215,7 +216,7 @@ def read_rm_bench(
   if unknown:
     raise ValueError(f"unknown RM-Bench domains {unknown}; known: {RM_BENCH_DOMAINS}")
   directory = rb.dataset_dir(root, "rm-bench") / "data"
-  tally = rb.Tally()
+  tally = rb.Tally(directory)
   for domain in domains:
     path = directory / f"{domain}_filtered.json"
     prefix = rb.uid_prefix(path, root)
@@ -290,7 +291,7 @@ def read_hh_rlhf(
   if unknown:
     raise ValueError(f"unknown HH-RLHF subsets {unknown}; known: {HH_SUBSETS}")
   directory = rb.dataset_dir(root, "hh-rlhf")
-  tally = rb.Tally()
+  tally = rb.Tally(directory)
   for name in subsets:
     path = directory / name / f"{split}.jsonl.gz"
     if not path.is_file():

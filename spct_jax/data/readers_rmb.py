@@ -39,7 +39,7 @@ def _category(record: dict[str, Any], set_name: str) -> tuple[str, str]:
 def _read(root: Path | str, set_name: str, source: str, parse, order: str, seed: int) -> rb.ReadResult:
   rb.check_order(order)
   directory = rb.dataset_dir(root, "rmb") / set_name
-  tally = rb.Tally()
+  tally = rb.Tally(directory)
   for path in rb.find_files(directory, _PATTERNS):
     prefix = rb.uid_prefix(path, root)
     for index, record in enumerate(rb.load_json_list(path)):

@@ -9,7 +9,8 @@ Which span holds the scores:
      Criteria]`. Known blind spot: a numeric citation like `[2]` after the score list wins (boxed output
      avoids this).
 Then the content is split on commas (ASCII or full-width), each piece stripped; pieces must be integers with an
-optional sign (`7.0` is not), their count must equal n, and each must lie in the inclusive score range.
+optional sign (`7.0` is not) written in ASCII digits (`\\boxed{٧, 3}` with an Arabic-Indic 7 is unparseable: the
+templates ask for ASCII), their count must equal n, and each must lie in the inclusive score range.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import numpy as np
 # Content stops at the first closing brace: nested braces are not a score list anyway.
 _BOXED = re.compile(r"\\{1,2}boxed\{([^{}]*)\}")
 _BRACKET = re.compile(r"\[([^\[\]]*)\]")
-_NUMERIC_LIST = re.compile(r"\s*[+-]?\d[\d.\s,，+-]*")
-_INTEGER = re.compile(r"[+-]?\d+")
+# ASCII digits only: Python's \d also matches other scripts' digits, which int() would then accept.
+_NUMERIC_LIST = re.compile(r"\s*[+-]?[0-9][0-9.\s,，+-]*")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 _SPLIT = re.compile(r"[,，]")
 
 NO_SCORES_ERROR = "no \\boxed{} or [..] found"
@@ -79,19 +81,24 @@ def parse_scores(text: str, num_responses: int, *, score_range: tuple[int, int] 
   return ParsedScores(tuple(scores))
 
 
+ScoreRange = tuple[int, int]
+
+
 def parse_batch(texts: Sequence[str],
                 num_responses: Union[int, Sequence[int]],
                 *,
-                score_range: tuple[int, int] = (1, 10)) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+                score_range: Union[ScoreRange, Sequence[ScoreRange]] = (1, 10),
+                width: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
   """Parses B trajectories into a padded array.
 
   Args:
     texts: B generated outputs.
     num_responses: n for every row, or one n per row.
-    score_range: inclusive (low, high).
+    score_range: inclusive (low, high) for every row, or one per row (rows judged under different templates).
+    width: columns of the output (>= every row's n); None: the largest n.
 
   Returns:
-    scores: int32[B, n_max], 0 beyond a row's n and on unparseable rows.
+    scores: int32[B, width], 0 beyond a row's n and on unparseable rows.
     valid: bool[B], True where the row parsed.
     errors: B entries, None where the row parsed.
   """
@@ -101,12 +108,20 @@ def parse_batch(texts: Sequence[str],
     ns = [int(n) for n in num_responses]
     if len(ns) != len(texts):
       raise ValueError(f"num_responses has {len(ns)} entries for {len(texts)} texts")
-  n_max = max(ns, default=0)
+  if len(score_range) == 2 and all(isinstance(v, (int, np.integer)) for v in score_range):
+    ranges = [tuple(score_range)] * len(texts)
+  else:
+    ranges = [tuple(r) for r in score_range]
+    if len(ranges) != len(texts):
+      raise ValueError(f"score_range has {len(ranges)} entries for {len(texts)} texts")
+  n_max = max(ns, default=0) if width is None else width
+  if ns and max(ns) > n_max:
+    raise ValueError(f"width={width} is smaller than the largest num_responses {max(ns)}")
   scores = np.zeros((len(texts), n_max), np.int32)
   valid = np.zeros((len(texts),), np.bool_)
   errors: list[str | None] = []
-  for row, (text, n) in enumerate(zip(texts, ns)):
-    parsed = parse_scores(text, n, score_range=score_range)
+  for row, (text, n, score_range_row) in enumerate(zip(texts, ns, ranges)):
+    parsed = parse_scores(text, n, score_range=score_range_row)
     errors.append(parsed.error)
     if parsed.ok:
       scores[row, :n] = parsed.scores

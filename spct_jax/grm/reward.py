@@ -8,13 +8,20 @@ Unparseable trajectories (`valid=False`) are wrong. Eq. 11: reward +1 if correct
 
 Rows whose ratings have a tied maximum are ill-posed; `is_correct` returns False for them (it cannot raise under
 jit) and `check_ratings` rejects them on the host before training.
+
+`rollout_rewards` is the GRPO reward of generated judgements: parse each rollout under its item's template (its
+score range: 0/1 for n = 1 items by default), map the scores back to the original order, then Eq. 11.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from spct_jax.grm import parsing, templates
 
 
 def is_correct(scores: jax.Array,
@@ -91,3 +98,45 @@ def check_ratings(ratings, response_mask=None) -> None:
     if real.size >= 2 and np.sum(real == real.max()) > 1:
       raise ValueError(f"item {row}: ratings {real.tolist()} have {int(np.sum(real == real.max()))} responses "
                        f"tied at the maximum {real.max():g}; Eq. 10 needs a single best response")
+
+
+def ratings_array(items: Sequence, width: int | None = None) -> np.ndarray:
+  """f32[B, width] the items' `ratings`, 0 beyond each item's n (width None: the largest n)."""
+  width = max(len(item.ratings) for item in items) if width is None else width
+  ratings = np.zeros((len(items), width), np.float32)
+  for b, item in enumerate(items):
+    ratings[b, :len(item.ratings)] = item.ratings
+  return ratings
+
+
+def rollout_rewards(texts: Sequence[str], items: Sequence, perms: np.ndarray, group_size: int,
+                    template_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+  """Eq. 11 rewards of G rollouts per item, each parsed under its item's template.
+
+  Args:
+    texts: B*G generated judgements, row b*G + j = rollout j of item b (output prefix included).
+    items: B items with `.responses` and `.ratings` (e.g. `data.PreferenceItem`).
+    perms: int32[B, m, n] the response orders shown: m = 1 (one prompt per item, shared by its G rollouts, as GRPO
+      groups are) or m = G (rollout j showed perms[b, j]).
+    group_size: G.
+    template_names: [B] the template each item was judged under (`scorer.item_templates`).
+
+  Returns:
+    rewards f32[B*G] (+1 correct, -1 wrong or unparseable) and valid bool[B*G] (the rollout's scores parsed).
+  """
+  batch, orders, width = perms.shape
+  if len(texts) != batch * group_size or len(items) != batch or len(template_names) != batch:
+    raise ValueError(f"expected {batch} items x {group_size} rollouts, got {len(items)} items, {len(texts)} texts, "
+                     f"{len(template_names)} template names")
+  if orders not in (1, group_size):
+    raise ValueError(f"perms has {orders} orders per item; expected 1 or group_size={group_size}")
+  num_responses = np.repeat([len(item.responses) for item in items], group_size)
+  ranges = [templates.get_template(name).score_range for name in np.repeat(template_names, group_size)]
+  shown, valid, _ = parsing.parse_batch(list(texts), num_responses.tolist(), score_range=ranges, width=width)
+  row_perms = np.repeat(perms, group_size // orders, axis=1).reshape(batch * group_size, width)
+  original = np.zeros_like(shown)
+  np.put_along_axis(original, row_perms, shown, axis=1)  # the score shown at p belongs to response row_perms[p]
+  mask = np.arange(width)[None, :] < num_responses[:, None]
+  ratings = np.repeat(ratings_array(items, width), group_size, axis=0)
+  rewards = rule_reward(original, ratings, valid=valid, response_mask=mask)
+  return np.asarray(rewards, np.float32), valid

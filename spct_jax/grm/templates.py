@@ -10,6 +10,11 @@ typographic quotes become ASCII quotes, the typo "responeses" is fixed, and both
 n == 1 under `default`: the response is shown in the unnumbered block of the paper's single-response
 template, `[The Begin of Response]`, and the output line asks for `\\boxed{x}`; the 1..10 criteria stay.
 
+Which template judges an item (`template_for`): single-response items (n = 1, a 0/1 correctness label) go to the
+single-response template (`single_binary`, scores 0/1, correct iff S_1 == label); every other item to the default
+one. The choice, the score range the output is parsed with and the demonstrations shown all follow the item, so
+one batch can mix n = 1 and n >= 2 items.
+
 Meta RM: appendix G gives a plainer prompt ("Please score the responses." + context + responses) whose
 *answer* is the GRM's principles and critique. How that answer is joined to the prompt is our choice (see
 `meta_rm_input`).
@@ -186,6 +191,38 @@ def get_template(template: Union[str, GRMTemplate]) -> GRMTemplate:
   if template not in TEMPLATES:
     raise ValueError(f"unknown GRM template {template!r}; valid names: {sorted(TEMPLATES)}")
   return TEMPLATES[template]
+
+
+def template_for(num_responses: int,
+                 label: float | None = None,
+                 *,
+                 default: str = "default",
+                 single: str | None = "single_binary") -> str:
+  """The template that judges an item with `num_responses` responses (a pure function of the item).
+
+  Args:
+    num_responses: n, the item's number of responses.
+    label: for n = 1, the item's rating (its ground-truth score); None when unlabelled (plain scoring).
+    default: the template of items with n >= 2.
+    single: the template of n = 1 items; None: `default` judges them too (then a label must be on its scale).
+
+  Returns:
+    The template's registry name.
+
+  Raises:
+    ValueError: n < 1, an unknown name, or an n = 1 label that is not an integer in the chosen template's score
+      range (a 0/1 label judged on a 1..10 scale would reward the opposite of the truth).
+  """
+  if num_responses < 1:
+    raise ValueError(f"an item needs at least 1 response, got {num_responses}")
+  name = single if num_responses == 1 and single is not None else default
+  tpl = get_template(name)
+  if num_responses == 1 and label is not None:
+    lo, hi = tpl.score_range
+    if label != int(label) or not lo <= label <= hi:
+      raise ValueError(f"single-response label {label:g} is not an integer in template {name!r}'s score range "
+                       f"[{lo}, {hi}]; choose the n = 1 template (GRMOptions.single_template) on the label's scale")
+  return name
 
 
 def format_conversation(conversation: Conversation) -> str:

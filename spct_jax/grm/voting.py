@@ -6,6 +6,11 @@ bias), so its scores are first mapped back to the original order (`unshuffle`), 
 rule): it adds 0 to every response, so it can favour none, and the vote is over the parseable samples only.
 Meta-RM guided voting keeps the k_meta samples the meta RM rates highest and votes over those.
 
+Single-response items (n = 1, a 0/1 label) have no argmax: their voted label is the mean of the voting samples'
+scores rounded half up (`voted_label`; for 0/1 scores: 1 iff at least half the valid samples said 1, a majority
+vote with ties going to 1), and the item is correct iff it equals the label. No valid sample: wrong. At k = 1 the
+voted label is the sample's score, so this is Eq. 10.
+
 Layout: one item is `[k, n]` (samples x responses); batches add a leading B. Every function is pure jnp
 and jittable with static shapes, except `response_orders`, which runs on the host.
 """
@@ -24,36 +29,42 @@ from spct_jax.grm import reward
 def response_orders(rng: np.random.Generator,
                     n: int,
                     k: int,
-                    num_distinct: int,
+                    num_distinct: int | None = None,
                     *,
                     pad_to: int | None = None) -> np.ndarray:
   """Draws the response order shown to each of k samples.
 
-  `m = min(num_distinct, k, n!)` distinct random permutations are drawn (the first one too, so even k = 1 is
-  shuffled) and sample s uses order `s % m`: samples sharing an order share one prompt and one prefill.
+  num_distinct None (the paper's rule, sec. 5): every sample draws its own uniform random permutation, independently
+  (orders may repeat; samples with the same order share one prompt and one prefill). num_distinct m: `min(m, k, n!)`
+  distinct random permutations are drawn (the first one too, so even k = 1 is shuffled) and sample s uses order
+  `s % m`.
 
   Args:
     rng: host random generator.
     n: number of real responses.
     k: number of samples.
-    num_distinct: most distinct orders to use (>= 1).
+    num_distinct: None, or the most distinct orders to use (>= 1).
     pad_to: pad the response axis to this width; padded positions map to themselves.
 
   Returns:
     perms: int32[k, pad_to or n]; perms[s, p] = original index of the response shown at position p in sample s.
   """
-  if n < 1 or k < 1 or num_distinct < 1:
+  if n < 1 or k < 1 or (num_distinct is not None and num_distinct < 1):
     raise ValueError(f"need n, k, num_distinct >= 1, got n={n}, k={k}, num_distinct={num_distinct}")
   width = n if pad_to is None else pad_to
   if width < n:
     raise ValueError(f"pad_to={pad_to} is smaller than n={n}")
+  perms = np.tile(np.arange(width, dtype=np.int32), (k, 1))
+  if num_distinct is None:
+    for s in range(k):
+      perms[s, :n] = rng.permutation(n)
+    return perms
   m = min(num_distinct, k, math.factorial(min(n, 20)))
   distinct: list[tuple[int, ...]] = []
   while len(distinct) < m:
     perm = tuple(int(i) for i in rng.permutation(n))
     if perm not in distinct:
       distinct.append(perm)
-  perms = np.tile(np.arange(width, dtype=np.int32), (k, 1))
   for s in range(k):
     perms[s, :n] = distinct[s % m]
   return perms
@@ -164,19 +175,38 @@ def best_index(voted: jax.Array, key: jax.Array, response_mask: jax.Array | None
   return jnp.argmax(jnp.where(is_max, noise, -1.0)).astype(jnp.int32)
 
 
+def voted_label(voted: jax.Array, num_votes: jax.Array) -> jax.Array:
+  """The voted score of a single-response item: mean of the voting samples' scores, rounded half up.
+
+  Args:
+    voted: [...] Eq. 14 sums (int or float).
+    num_votes: int[...] how many samples the sums are over.
+
+  Returns:
+    int32[...] floor(voted / num_votes + 1/2); -1 where num_votes == 0 (no vote: matches no label).
+  """
+  voted = jnp.asarray(voted, jnp.float32)
+  num_votes = jnp.asarray(num_votes, jnp.int32)
+  label = jnp.floor(voted / jnp.maximum(num_votes, 1) + 0.5).astype(jnp.int32)
+  return jnp.where(num_votes > 0, label, -1)
+
+
 def accuracy(voted: jax.Array,
              ratings: jax.Array,
              *,
+             num_votes: jax.Array,
              response_mask: jax.Array | None = None,
              key: jax.Array) -> dict[str, jax.Array]:
   """Per-item accuracy of voted scores under the paper's rule and the strict rule.
 
   For n >= 2 the ground-truth best is the unique argmax of `ratings` (RMB best-of-N: the best beats every loser).
-  Rows with a single real response fall back to exact match of `voted` vs `ratings` (meaningful for k = 1).
+  Rows with a single real response compare their `voted_label` (mean score over the voting samples, rounded half
+  up) with the label, under every rule.
 
   Args:
     voted: [B, n] voted scores.
     ratings: [B, n] ground-truth ratings.
+    num_votes: int[B] samples each row's sums are over (the valid, kept ones).
     response_mask: bool[B, n] real responses; None: all.
     key: PRNG key for the random tie-breaks.
 
@@ -188,8 +218,11 @@ def accuracy(voted: jax.Array,
   voted = jnp.asarray(voted)
   ratings = jnp.asarray(ratings, jnp.float32)
   mask = jnp.ones(voted.shape, bool) if response_mask is None else jnp.asarray(response_mask, bool)
-  strict = reward.is_correct(voted, ratings, response_mask=mask)
   n_real = mask.sum(-1)
+  # n = 1 rows: the voted label in every column (only the real one is compared), so Eq. 10's exact match applies.
+  label = voted_label(jnp.where(mask, voted, 0).sum(-1), num_votes)
+  scores = jnp.where((n_real == 1)[:, None], label[:, None], voted)
+  strict = reward.is_correct(scores, ratings, response_mask=mask)
 
   keys = jax.random.split(key, voted.shape[0])
   chosen = jax.vmap(best_index)(voted, keys, mask)

@@ -13,10 +13,16 @@ The sources are compiled on first use with the system C++ compiler (`$CXX`, else
 per-user cache (`$SPCT_KERNEL_CACHE`, else `~/.cache/spct_jax/kernels`) keyed by the sources, the compiler, jax's
 version and the CPU's feature flags, then registered as XLA FFI targets for the CPU platform.
 
-`enabled()` says whether decoding should use the kernels: on the CPU backend, unless `SPCT_CPU_KERNELS=off`;
-`amx()` whether the AMX ones too (the build has them, Linux grants the tile state, and `SPCT_CPU_KERNELS` is not
-`no-amx`). When the kernels are wanted but cannot be built (no compiler, a compile error), `enabled()` logs why
-once and returns False: decoding then runs XLA's dot, slower but equal up to f32 rounding.
+Which kernels run is picked by the CPU's features and `SPCT_CPU_KERNELS`:
+- unset / `auto` / `on`: the kernels on the CPU backend, the AMX ones where /proc/cpuinfo lists `amx_tile` and
+  `amx_bf16` (Intel Sapphire Rapids and later), the skinny kernel elsewhere (e.g. AMD Zen 4).
+- `amx`: the AMX kernels are required: `amx()` raises `KernelBuildError` saying why when the CPU lacks AMX, the
+  build lacks it, or Linux refuses the tile state.
+- `no-amx`: the skinny kernel only (what a CPU without AMX runs; A/B runs). `off`: XLA's dot throughout.
+`enabled()` says whether decoding should use the kernels, `amx()` whether the AMX ones too. In auto mode a kernel
+that is wanted but cannot be built or used (no compiler, a compile error, an AMX CPU whose compiler does not target
+AMX) is logged once as a warning and decoding runs the next path (skinny, else XLA's dot), slower but equal up to
+f32 rounding; any other value of `SPCT_CPU_KERNELS` is a ValueError.
 """
 
 from __future__ import annotations
@@ -30,11 +36,12 @@ import pathlib
 import platform
 import shutil
 import subprocess
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from spct_jax import files
 
 MAX_ROWS = 2  # skinny kernel, one decode step's weights: 2.2x XLA's dot at 1 row, 1.4x at 2, even at 3, slower from 4
 AMX_MAX_ROWS = 128  # amx_matmul vs XLA's dot on an AMX Xeon: 1.6x faster at 32 rows, even at 128, 1.5x slower at 1024
@@ -45,7 +52,8 @@ AMX_TARGETS = {"matmul": "spct_amx_matmul", "head": "spct_amx_head"}
 STREAM_TARGET = "spct_stream_read"
 _DIR = pathlib.Path(__file__).parent
 SOURCES = (_DIR / "cpu_matvec.cc", _DIR / "cpu_amx.cc", _DIR / "cpu_common.h")
-ENV_SWITCH = "SPCT_CPU_KERNELS"  # "off": no kernels; "no-amx": the skinny kernel only (A/B runs); else all on CPU
+ENV_SWITCH = "SPCT_CPU_KERNELS"  # see the module docstring
+MODES = ("auto", "amx", "no-amx", "off")  # "on" and "" mean "auto"
 
 _log = logging.getLogger(__name__)
 
@@ -54,14 +62,34 @@ class KernelBuildError(RuntimeError):
   """The C++ kernel could not be compiled or loaded; the message says why."""
 
 
-def _cpu_flags() -> str:
+def _cpuinfo(*fields: str) -> str:
+  """The first /proc/cpuinfo line starting with one of `fields` (else the platform's processor name)."""
   try:
     for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith(("flags", "Features")):
+      if line.startswith(fields):
         return line
   except OSError:
     pass
   return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> str:
+  return _cpuinfo("flags", "Features")
+
+
+def cpu_has_amx() -> bool:
+  """Whether this CPU has AMX bf16 tiles (Linux /proc/cpuinfo flags `amx_tile` and `amx_bf16`)."""
+  flags = set(_cpu_flags().split(":", 1)[-1].split())
+  return {"amx_tile", "amx_bf16"} <= flags
+
+
+def mode() -> str:
+  """`SPCT_CPU_KERNELS` as one of MODES; raises ValueError naming the variable for any other value."""
+  value = os.environ.get(ENV_SWITCH, "").strip().lower()
+  value = "auto" if value in ("", "on") else value
+  if value not in MODES:
+    raise ValueError(f"{ENV_SWITCH}={os.environ[ENV_SWITCH]!r}: expected one of {', '.join(MODES)} (or on)")
+  return value
 
 
 def _cache_dir() -> pathlib.Path:
@@ -71,20 +99,13 @@ def _cache_dir() -> pathlib.Path:
 def _compile(compiler: str, out: pathlib.Path) -> None:
   flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-Wno-psabi", f"-I{jax.ffi.include_dir()}"]
   # Compile next to the target and rename: concurrent processes (several hosts' workers) never see half a file.
-  out.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-  os.close(fd)
-  try:
-    sources = [str(p) for p in SOURCES if p.suffix == ".cc"]
-    result = subprocess.run([compiler, *flags, *sources, "-o", tmp], capture_output=True, text=True, timeout=300,
-                            check=False)
+  sources = [str(p) for p in SOURCES if p.suffix == ".cc"]
+  with files.atomic_path(out) as tmp:
+    result = subprocess.run([compiler, *flags, *sources, "-o", os.fspath(tmp)], capture_output=True, text=True,
+                            timeout=300, check=False)
     if result.returncode != 0:
       raise KernelBuildError(f"{compiler} failed on {', '.join(sources)} (exit {result.returncode}):\n"
                              f"{result.stderr[-2000:]}")
-    os.replace(tmp, out)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 @functools.cache
@@ -125,21 +146,56 @@ def _warn_unavailable(reason: str) -> None:
                "for one sequence, 2x for 32): %s", reason)
 
 
+@functools.cache
+def _warn_no_amx(reason: str) -> None:
+  _log.warning("this CPU has AMX but spct_jax's AMX kernels are unavailable, decoding uses the skinny kernel and "
+               "XLA's dot (about 2x slower at 32 rows; set %s=amx to make this an error): %s", ENV_SWITCH, reason)
+
+
 def enabled() -> bool:
-  """Whether decoding on this process's default backend should use the kernels (building them on first call)."""
-  if jax.default_backend() != "cpu" or os.environ.get(ENV_SWITCH, "").lower() == "off":
+  """Whether decoding on this process's default backend should use the kernels (building them on first call).
+
+  Raises KernelBuildError when `SPCT_CPU_KERNELS=amx` and they cannot be built.
+  """
+  if jax.default_backend() != "cpu" or mode() == "off":
     return False
   try:
     load()
   except KernelBuildError as e:
+    if mode() == "amx":
+      raise
     _warn_unavailable(str(e))
     return False
   return True
 
 
 def amx() -> bool:
-  """Whether decoding should use the AMX kernels: `enabled()`, built with AMX, tile state granted, not `no-amx`."""
-  return enabled() and os.environ.get(ENV_SWITCH, "").lower() != "no-amx" and load() in _AMX
+  """Whether decoding should use the AMX kernels: `enabled()`, the CPU has AMX, the build has the kernels, Linux
+  granted the tile state, and the mode is not `no-amx`. With `SPCT_CPU_KERNELS=amx`, any missing piece raises
+  KernelBuildError instead of returning False."""
+  forced = mode() == "amx"
+  if not enabled() or mode() == "no-amx":
+    if forced:  # enabled() is False only off the CPU backend here: a build failure has raised already
+      raise KernelBuildError(f"{ENV_SWITCH}=amx, but the default backend is {jax.default_backend()!r}, not cpu")
+    return False
+  reason = None
+  if not cpu_has_amx():
+    reason = (f"this CPU ({_cpu_model()}) has no AMX bf16 tiles (/proc/cpuinfo lacks amx_tile / amx_bf16); "
+              f"unset {ENV_SWITCH} to use the skinny kernel")
+  elif load() not in _AMX:
+    reason = (f"{load().name} was built without AMX or Linux refused the AMX tile state "
+              f"(compiler {os.environ.get('CXX') or 'c++'} with -march=native must define __AMX_TILE__)")
+  if reason is None:
+    return True
+  if forced:
+    raise KernelBuildError(f"{ENV_SWITCH}=amx: {reason}")
+  if cpu_has_amx():
+    _warn_no_amx(reason)
+  return False
+
+
+def _cpu_model() -> str:
+  return _cpuinfo("model name").split(":", 1)[-1].strip()
 
 
 def tileable(shape: tuple[int, ...]) -> bool:
@@ -162,6 +218,9 @@ def untile(w: jax.Array) -> jax.Array:
 
 
 def _check_amx(x: jax.Array, w: jax.Array) -> jax.Array:
+  if load() not in _AMX:
+    raise KernelBuildError(f"the AMX kernels are not available on this CPU ({_cpu_model()}; AMX bf16 tiles: "
+                           f"{'yes' if cpu_has_amx() else 'no'}): decode with cpu_kernel='skinny' or None")
   if x.ndim != 2 or w.ndim != 4 or w.shape[2:] != (TILE, TILE) or x.shape[1] != w.shape[1] * TILE:
     raise ValueError(f"amx kernels want x [M, K] and tiled w [N/32, K/32, 32, 32], got {x.shape} and {w.shape}")
   if x.dtype not in (jnp.float32, jnp.bfloat16) or w.dtype != jnp.bfloat16:

@@ -5,12 +5,14 @@ Every reader produces `(ModelConfig, flat float dict)` in the DESIGN.md layout; 
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
+from collections.abc import Callable
 
 from spct_jax.model.config import ModelConfig
 from spct_jax.tokenizer import Tokenizer
-from spct_jax.weights.cache import cache_dir, cached_convert, content_key, file_key
+from spct_jax.weights.cache import cache_dir, cached_convert, content_key, entry_path, file_key, replace_tokenizer
 from spct_jax.weights.gguf import GEMMA3_270M, read_gguf, resolve_gemma3_270m
 from spct_jax.weights.hf import export_hf, read_hf
 from spct_jax.weights.orbax_io import read_orbax, save_model
@@ -18,6 +20,7 @@ from spct_jax.weights.orbax_io import read_orbax, save_model
 __all__ = ["GEMMA3_270M", "cache_dir", "convert_gguf", "export_hf", "load_flat", "load_model", "load_tokenizer",
            "read_gguf", "read_hf", "read_orbax", "resolve_gemma3_270m", "save_model"]
 
+log = logging.getLogger(__name__)
 _LOOKED_FOR = (f"the model name {GEMMA3_270M!r}, a .gguf file, a transformers folder (config.json + "
                "*.safetensors) or an orbax folder (spct_config.json + params/)")
 
@@ -39,14 +42,15 @@ def load_flat(name_or_path: str | os.PathLike, *,
     from spct_jax.weights.gguf import gemma3_270m_sha256
     key = content_key(GEMMA3_270M, gemma3_270m_sha256())  # A cache hit needs no GGUF assembly at all.
     cfg, flat, tok = cached_convert(key, lambda: convert_gguf(resolve_gemma3_270m()), use_cache=use_cache)
-    return cfg, flat, _tokenizer(tok), GEMMA3_270M
+    return cfg, flat, _gguf_tokenizer(tok, key, resolve_gemma3_270m), GEMMA3_270M
 
   path = pathlib.Path(name_or_path).expanduser()
   if path.suffix == ".gguf":
     if not path.is_file():
       raise FileNotFoundError(f"GGUF file {os.fspath(path)!r} does not exist")
-    cfg, flat, tok = cached_convert(file_key(path), lambda: convert_gguf(path), use_cache=use_cache)
-    return cfg, flat, _tokenizer(tok), os.fspath(path)
+    key = file_key(path)
+    cfg, flat, tok = cached_convert(key, lambda: convert_gguf(path), use_cache=use_cache)
+    return cfg, flat, _gguf_tokenizer(tok, key, lambda: path), os.fspath(path)
   if path.is_dir() and (path / "spct_config.json").is_file():
     from spct_jax.weights.orbax_io import orbax_tokenizer_bytes
     cfg, flat = read_orbax(path)
@@ -79,15 +83,33 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer | None:
         tok_path = pathlib.Path(name) / "tokenizer.model"
         return Tokenizer.from_file(tok_path) if tok_path.is_file() else None
     return load_flat(name)[2]  # Raises the same errors as load_model.
-  cached = cache_dir() / key / "tokenizer.model"
+  cached = entry_path(key) / "tokenizer.model"
+  gguf_path = (lambda: path) if path else resolve_gemma3_270m
   if cached.is_file():
-    return Tokenizer(cached.read_bytes())
-  from spct_jax.weights.gguf import read_gguf_tokenizer_meta
-  return Tokenizer.from_gguf_metadata(read_gguf_tokenizer_meta(path or resolve_gemma3_270m()))
+    return _gguf_tokenizer(cached.read_bytes(), key, gguf_path)
+  return _tokenizer_from_gguf(gguf_path())
 
 
 def _tokenizer(serialized: bytes | None) -> Tokenizer | None:
   return Tokenizer(serialized) if serialized else None
+
+
+def _tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer:
+  from spct_jax.weights.gguf import read_gguf_tokenizer_meta
+  return Tokenizer.from_gguf_metadata(read_gguf_tokenizer_meta(path))
+
+
+def _gguf_tokenizer(serialized: bytes | None, key: str, gguf_path: Callable[[], str | os.PathLike]) -> Tokenizer | None:
+  """The tokenizer of a GGUF's cache entry; a damaged cached `tokenizer.model` is rebuilt from the GGUF metadata
+  (with a warning naming the file) and rewritten, like damaged cached weights are re-converted."""
+  try:
+    return _tokenizer(serialized)
+  except RuntimeError as e:  # sentencepiece cannot parse the cached bytes
+    cached = entry_path(key) / "tokenizer.model"
+    log.warning("rebuilding the damaged cached tokenizer %s from the GGUF metadata: %s", cached, e)
+    tokenizer = _tokenizer_from_gguf(gguf_path())
+    replace_tokenizer(key, tokenizer.serialized_model)
+    return tokenizer
 
 
 def load_model(name_or_path: str | os.PathLike, *, dtype: str = "float32", compute_dtype: str | None = None,

@@ -7,7 +7,6 @@ renamed into place, so a failed or interrupted conversion leaves nothing that a 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -15,14 +14,14 @@ import logging
 import os
 import pathlib
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from spct_jax import files
 from spct_jax.model.config import ModelConfig
 
 # Bump when the conversion changes, so stale entries are not reused.
@@ -81,32 +80,21 @@ def read_entry(key: str) -> Converted | None:
   return cfg, flat, tok
 
 
-@contextlib.contextmanager
-def atomic_folder(folder: str | os.PathLike, *, replace: bool = True) -> Iterator[pathlib.Path]:
-  """Yields an empty temporary sibling of `folder` that is renamed to `folder` when the block succeeds.
-
-  On an exception the temporary folder is deleted, so `folder` is either complete or untouched.
-  With `replace=False` an existing `folder` makes the final rename fail with OSError.
-  """
-  folder = pathlib.Path(folder).absolute()
-  folder.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp", dir=folder.parent))
+def replace_tokenizer(key: str, tokenizer_model: bytes) -> None:
+  """Rewrites the entry's `tokenizer.model` (temporary file + rename); a cache that cannot be written is a warning."""
+  path = entry_path(key) / _TOKENIZER
   try:
-    yield tmp
-    for path in [tmp, *tmp.rglob("*")]:  # mkdtemp (and some writers) use owner-only modes.
-      os.chmod(path, 0o755 if path.is_dir() else 0o644)
-    if replace and folder.exists():
-      shutil.rmtree(folder)
-    os.rename(tmp, folder)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+    with files.atomic_write(path, "wb") as f:
+      f.write(tokenizer_model)
+  except OSError as e:
+    log.warning("could not rewrite the cached tokenizer %s: %s", path, e)
 
 
 def write_entry(key: str, cfg: ModelConfig, flat: dict[str, np.ndarray], tokenizer_model: bytes | None):
   """Writes an entry atomically; a concurrent writer of the same key wins harmlessly."""
   entry = entry_path(key)
   try:
-    with atomic_folder(entry, replace=False) as tmp:
+    with files.atomic_path(entry, folder=True, replace=False) as tmp:
       save_file({k: np.ascontiguousarray(v, np.float32) for k, v in flat.items()}, os.fspath(tmp / _PARAMS))
       (tmp / _CONFIG).write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
       if tokenizer_model is not None:

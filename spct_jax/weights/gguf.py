@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from spct_jax import files
 from spct_jax.model.config import ModelConfig
 from spct_jax.tokenizer import gguf_tokenizer_meta
 
@@ -205,13 +206,8 @@ def resolve_gemma3_270m() -> pathlib.Path:
   target = pathlib.Path(base) / "gguf" / pkg.MODEL_NAME if base else pkg.default_output_path()
   if target.exists():
     return pkg.assemble(target)  # Verifies the sha256 of what is there.
-  target.parent.mkdir(parents=True, exist_ok=True)
-  tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
-  try:
-    pkg.assemble(tmp, overwrite=True)
-    os.replace(tmp, target)
-  finally:
-    tmp.unlink(missing_ok=True)
+  with files.atomic_path(target) as tmp:
+    pkg.assemble(pathlib.Path(tmp), overwrite=True)
   return target
 
 

@@ -16,8 +16,8 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from spct_jax import files
 from spct_jax.model.config import ModelConfig
-from spct_jax.weights.cache import atomic_folder
 from spct_jax.weights.gguf import flat_shapes, from_torch_linear, layer_shapes, to_torch_linear, torch_linear_shape
 
 # flat key -> HF tensor name suffix (per layer: "layers.{i}." prefix).
@@ -255,7 +255,7 @@ def export_hf(model_or_flat, cfg: ModelConfig, folder: str | os.PathLike, *, dty
     from spct_jax.model.params import flat_from_model  # Deferred: keeps this module importable without flax.
     flat = flat_from_model(model_or_flat)
   tensors = hf_tensors(cfg, flat, dtype)  # Validates before anything is written.
-  with atomic_folder(folder) as tmp:
+  with files.atomic_path(folder, folder=True) as tmp:
     config = hf_config_dict(cfg) | {"torch_dtype": dtype, "dtype": dtype}
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file(tensors, os.fspath(tmp / "model.safetensors"), metadata={"format": "pt"})

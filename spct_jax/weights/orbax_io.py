@@ -14,8 +14,9 @@ from typing import Any
 import ml_dtypes  # noqa: F401  bfloat16 numpy arrays round-trip through orbax.
 import numpy as np
 
+from spct_jax import files
 from spct_jax.model.config import ModelConfig
-from spct_jax.weights.cache import atomic_folder, config_from_dict, config_to_dict
+from spct_jax.weights.cache import config_from_dict, config_to_dict
 
 CONFIG_NAME = "spct_config.json"
 PARAMS_DIR = "params"
@@ -55,7 +56,7 @@ def save_model(model_or_flat, cfg: ModelConfig, folder: str | os.PathLike, *, to
   if not isinstance(flat, dict):
     from spct_jax.model.params import flat_from_model
     flat = flat_from_model(model_or_flat)
-  with atomic_folder(folder) as tmp:
+  with files.atomic_path(folder, folder=True) as tmp:
     with ocp.PyTreeCheckpointer() as ckptr:
       ckptr.save(tmp / PARAMS_DIR, _nest({k: np.asarray(v) for k, v in flat.items()}))
     (tmp / CONFIG_NAME).write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")

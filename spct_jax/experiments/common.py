@@ -1,0 +1,312 @@
+"""What every experiment builds from its ConfigDict: compile cache, mesh, model + tokenizer, GRM options,
+demonstrations, items (seeded, per-process shard hook) and the context budget that skips items too long to score.
+
+One reader per concern, so the experiments (grpo, eval; rft_generate, rft, meta_rm next) cannot drift:
+  config.model  name, init ("pretrained" | "random"), tokenizer, seed, param_dtype, compute_dtype, max_seq_len,
+                vocab_size (random init; None = the tokenizer's)
+  config.grm    template, single_template, chat_style, max_new_tokens, temperature (sampling), top_k, top_p, num_distinct_orders,
+                output_prefix, stop_after_scores, num_demonstrations, demo_seed
+  config.data   root (epath; gs:// works), seed, num_responses / kinds / difficulty (synthetic items)
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import functools
+import io
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from etils import epath
+
+from spct_jax import files
+from spct_jax import sharding as shd
+from spct_jax.data import readers, schema, synthetic
+from spct_jax.grm import templates
+from spct_jax.grm import scorer
+from spct_jax.grm.scorer import GRMOptions
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC = "synthetic"
+LENGTH_MARGIN = 8  # tokens of slack: shuffled orders can tokenize a little differently at block boundaries
+HELDOUT_START = 10**9  # synthetic held-out items: a disjoint index range of the training stream
+DEMO_START = 2 * 10**9  # demonstrations: another disjoint range, so they never repeat a trained or held-out item
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Start-up: compile cache, mesh.
+
+
+def setup_compile_cache(path: str | None) -> epath.Path | None:
+  """Turns on JAX's persistent compilation cache at `path` (config key compile_cache; "" or None: off).
+
+  A resumed run or a second eval then loads its executables instead of compiling them again.
+  """
+  if not path:
+    return None
+  directory = files.as_path(path)
+  jax.config.update("jax_compilation_cache_dir", os.fspath(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return directory
+
+
+def build_mesh(config) -> jax.sharding.Mesh | None:
+  """`config.mesh` (data/fsdp/tensor sizes) -> Mesh; None when absent or a single device would do."""
+  mesh_cfg = config.get("mesh")
+  if mesh_cfg is None or jax.device_count() == 1:
+    return None
+  return shd.make_mesh(shd.MeshConfig.from_config(mesh_cfg))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Model.
+
+
+def synthetic_tokenizer(vocab_size: int = 1024, seed: int = 0):
+  """A small sentencepiece vocabulary trained in memory on rendered synthetic GRM prompts (offline, < 1 s).
+
+  Gemma's special ids (pad 0, eos 1, bos 2, unk 3) and chat markers; byte fallback so any text encodes.
+  """
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  from spct_jax.tokenizer import END_OF_TURN, START_OF_TURN, Tokenizer  # pylint: disable=g-import-not-at-top
+
+  lines = []
+  for item in synthetic.generate_items(48, seed=seed, num_responses=(2, 4)):
+    judgement = synthetic.worked_judgement(item)
+    lines += templates.render_demonstration(item.conversation, item.responses, **judgement).splitlines()
+  buffer = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter([line for line in lines if line.strip()]), model_writer=buffer,
+      vocab_size=vocab_size, model_type="unigram", pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+      user_defined_symbols=[START_OF_TURN, END_OF_TURN], byte_fallback=True, hard_vocab_limit=False,
+      character_coverage=1.0, num_threads=1, minloglevel=2)
+  return Tokenizer(buffer.getvalue())
+
+
+def build_model(model_cfg, mesh=None) -> tuple[Any, Any]:
+  """(model, tokenizer) from `config.model` (see the module docstring), sharded over `mesh` when given."""
+  from spct_jax import weights  # pylint: disable=g-import-not-at-top
+
+  m = model_cfg
+  if m.init == "pretrained":
+    model, tokenizer = weights.load_model(m.name, dtype=m.param_dtype, compute_dtype=m.compute_dtype, mesh=mesh,
+                                          max_seq_len=m.max_seq_len)
+    if tokenizer is None:
+      raise ValueError(f"model {m.name!r} (config key model.name) has no tokenizer.model next to its weights")
+    return model, tokenizer
+  if m.init != "random":
+    raise ValueError(f"config.model.init={m.init!r}; valid: ['pretrained', 'random']")
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from spct_jax.model import Transformer, get_config  # pylint: disable=g-import-not-at-top
+
+  tokenizer = synthetic_tokenizer(seed=m.seed) if m.tokenizer == SYNTHETIC else weights.load_tokenizer(m.tokenizer)
+  vocab = m.get("vocab_size") or tokenizer.vocab_size
+  if tokenizer.vocab_size > vocab:
+    raise ValueError(f"config.model.vocab_size={vocab} is smaller than the tokenizer's {tokenizer.vocab_size} pieces")
+  cfg = get_config(m.name, vocab_size=vocab, param_dtype=m.param_dtype, compute_dtype=m.compute_dtype,
+                   max_seq_len=m.max_seq_len)
+  model = shd.create_sharded(lambda: Transformer(cfg, rngs=nnx.Rngs(m.seed)), mesh)
+  return model, tokenizer
+
+
+def describe_model(model, tokenizer, model_cfg) -> dict[str, Any]:
+  cfg = model.cfg
+  return {"name": model_cfg.name, "init": model_cfg.init, "family": cfg.family, "num_layers": cfg.num_layers,
+          "embed_dim": cfg.embed_dim, "vocab_size": cfg.vocab_size, "param_dtype": cfg.param_dtype,
+          "compute_dtype": cfg.compute_dtype, "max_seq_len": cfg.max_seq_len, "tokenizer_vocab": tokenizer.vocab_size}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# GRM options.
+
+
+def _demonstrations(num: int, seed: int, template: str, *, start: int, num_responses: int) -> tuple[str, ...]:
+  return tuple(templates.render_demonstration(item.conversation, item.responses, **synthetic.worked_judgement(item),
+                                              template=template)
+               for item in synthetic.generate_items(num, seed=seed, start=start, num_responses=num_responses))
+
+
+def demonstrations(grm_cfg) -> dict[str, tuple[str, ...]]:
+  """Worked few-shot examples rendered from generated items (a pretrained base model needs them to answer in
+  format), from their own index range of the `demo_seed` stream: GRMOptions' `demonstrations` (n = 2 items under
+  `template`) and `single_demonstrations` (n = 1 items under `single_template`, from the next slice), so each item
+  sees examples of its own template."""
+  g, single = grm_cfg, ()
+  if g.get("single_template") not in (None, g.template):
+    single = _demonstrations(g.num_demonstrations, g.demo_seed, g.single_template,
+                             start=DEMO_START + g.num_demonstrations, num_responses=1)
+  return {"demonstrations": _demonstrations(g.num_demonstrations, g.demo_seed, g.template, start=DEMO_START,
+                                            num_responses=2),
+          "single_demonstrations": single}
+
+
+def grm_options(config) -> GRMOptions:
+  """The one reader of `config.grm` (plus config.seed): how the GRM is prompted and sampled."""
+  g = config.grm
+  return GRMOptions(template=g.template, single_template=g.get("single_template"), chat_style=g.chat_style,
+                    max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
+                    num_distinct_orders=g.num_distinct_orders, output_prefix=g.output_prefix, seed=config.seed,
+                    stop_after_scores=g.stop_after_scores, memory_budget_bytes=g.get("memory_budget_bytes"),
+                    **demonstrations(g))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Items.
+
+
+def dataset_names() -> list[str]:
+  return sorted(readers.READERS) + [SYNTHETIC]
+
+
+def data_root(data_cfg) -> epath.Path:
+  root = files.as_path(data_cfg.root)
+  if not root.is_dir():
+    raise FileNotFoundError(f"data root {str(root)!r} does not exist; set config key data.root "
+                            "(or the SPCT_DATA_ROOT environment variable) to the folder holding rmb/, llmbar/, ...")
+  return root
+
+
+def _synthetic(data_cfg, num: int, start: int = 0) -> list[schema.PreferenceItem]:
+  n = data_cfg.num_responses
+  return synthetic.generate_items(num, seed=data_cfg.seed, start=start, num_responses=n if isinstance(n, int) else
+                                  tuple(n), kinds=tuple(data_cfg.kinds), difficulty=data_cfg.difficulty)
+
+
+def read_items(name: str, data_cfg, *, pool: int = 64) -> tuple[list[schema.PreferenceItem], dict[str, Any]]:
+  """All items of dataset `name` (synthetic: `pool` generated ones) and the reader's stats; seeded by data.seed.
+
+  `name` is a reader name (`readers.READERS`), "synthetic", or a `.jsonl` file in the generic format
+  (`PreferenceItem.to_json` per line; relative paths are under data.root).
+  """
+  if name == SYNTHETIC:
+    return _synthetic(data_cfg, pool), {"records": pool, "kept": pool, "skipped": {}}
+  if name.endswith(".jsonl"):
+    path = files.as_path(name) if os.path.isabs(name) or "://" in name else files.as_path(data_cfg.root) / name
+    result = readers.read_jsonl(path)
+  else:
+    result = readers.read_dataset(name, data_root(data_cfg), seed=data_cfg.seed)
+  stats = result.stats
+  return list(result.items), {"records": stats.records, "kept": stats.kept, "skipped": dict(stats.skipped)}
+
+
+def train_and_heldout(data_cfg) -> tuple[list[schema.PreferenceItem], list[schema.PreferenceItem]]:
+  """(train, held-out) items of `config.data.name`: synthetic from disjoint index ranges; a dataset is split by
+  a data.seed permutation (the first eval_items are held out), at most num_items (0 = all) for training."""
+  if data_cfg.name == SYNTHETIC:
+    return _synthetic(data_cfg, data_cfg.num_items), _synthetic(data_cfg, data_cfg.eval_items, HELDOUT_START)
+  items, _ = read_items(data_cfg.name, data_cfg)
+  if len(items) <= data_cfg.eval_items:
+    raise ValueError(f"config.data.eval_items={data_cfg.eval_items} leaves no training items of "
+                     f"{data_cfg.name!r} ({len(items)} items)")
+  order = np.random.default_rng(data_cfg.seed).permutation(len(items))
+  items = [items[i] for i in order]
+  return items[data_cfg.eval_items:][:data_cfg.num_items or None], items[:data_cfg.eval_items]
+
+
+def process_shard(items: Sequence[Any]) -> list[Any]:
+  """This process's share of `items` (strided; all of them in a one-process run). The hook where a multi-process
+  job splits its per-step items; what the shards produce must then be assembled into global arrays."""
+  return readers.shard_for_process(items, jax.process_index(), jax.process_count())
+
+
+def seeded_order(items: Sequence[schema.PreferenceItem], seed: int, sampling: str) -> list[int]:
+  """Indices in the order a slice draws them: seeded shuffle, then (stratified) round-robin over categories."""
+  rng = np.random.default_rng(seed)
+  order = [int(i) for i in rng.permutation(len(items))]
+  if sampling == "uniform":
+    return order
+  if sampling != "stratified":
+    raise ValueError(f"config key data.sampling must be 'stratified' or 'uniform', got {sampling!r}")
+  queues: dict[str, list[int]] = {}
+  for i in order:  # Categories enter in seeded order too.
+    queues.setdefault(items[i].category, []).append(i)
+  out, depth = [], 0
+  while len(out) < len(items):
+    out += [q[depth] for q in queues.values() if depth < len(q)]
+    depth += 1
+  return out
+
+
+@functools.cache
+def _longest_piece(tokenizer) -> int:
+  sp = tokenizer.processor
+  return max(1, max(len(sp.id_to_piece(i)) for i in range(sp.get_piece_size())))
+
+
+@dataclasses.dataclass(frozen=True)
+class ContextBudget:
+  """Whether an item's GRM prompt + max_new_tokens (+ a margin) fits the model's context."""
+
+  tokenizer: Any
+  options: GRMOptions
+  max_seq_len: int
+
+  @property
+  def limit(self) -> int:
+    return self.max_seq_len - self.options.max_new_tokens - LENGTH_MARGIN
+
+  def prompt_length(self, item: schema.PreferenceItem) -> int:
+    """Prompt tokens (responses in data order); a row that cannot fit by its characters alone is not encoded
+    (a token spans at most the longest piece), so a 10 MB row costs nothing."""
+    prompt = scorer.item_prompt(item, self.options)  # the item's own template and demonstrations
+    if len(prompt) > self.limit * _longest_piece(self.tokenizer):
+      return len(prompt) // _longest_piece(self.tokenizer)
+    return len(self.tokenizer.encode(prompt, add_bos=True))
+
+  def fits(self, item: schema.PreferenceItem) -> bool:
+    return self.prompt_length(item) <= self.limit
+
+
+def drop_too_long(items: Sequence[schema.PreferenceItem], budget: ContextBudget,
+                  what: str) -> tuple[list[schema.PreferenceItem], dict[str, int]]:
+  """(the items that fit, too-long counts per source); logs the counts. Raises when none fits."""
+  kept, skipped = [], collections.Counter()
+  for item in items:
+    if budget.fits(item):
+      kept.append(item)
+    else:
+      skipped[item.source] += 1
+  if skipped:
+    log.warning("%s: skipped %d of %d items longer than the context (prompt + grm.max_new_tokens=%d > "
+                "model.max_seq_len=%d), per source: %s", what, sum(skipped.values()), len(items),
+                budget.options.max_new_tokens, budget.max_seq_len, dict(sorted(skipped.items())))
+  if items and not kept:
+    raise ValueError(f"{what}: none of the {len(items)} items fits model.max_seq_len={budget.max_seq_len} with "
+                     f"grm.max_new_tokens={budget.options.max_new_tokens} and "
+                     f"grm.num_demonstrations={len(budget.options.demonstrations)}")
+  return kept, dict(sorted(skipped.items()))
+
+
+def select_slice(items: Sequence[schema.PreferenceItem], budget: ContextBudget, *, seed: int, sampling: str,
+                 max_items: int) -> tuple[list[schema.PreferenceItem], int]:
+  """The first max_items (0 = all) of `seeded_order` that fit the context, sorted by prompt length so batches pad
+  little; and how many were passed over as too long."""
+  chosen, lengths, too_long = [], [], 0
+  for i in seeded_order(items, seed, sampling):
+    if max_items and len(chosen) == max_items:
+      break
+    length = budget.prompt_length(items[i])
+    if length > budget.limit:
+      too_long += 1
+      continue
+    chosen.append(items[i])
+    lengths.append(length)
+  order = np.argsort(lengths, kind="stable")
+  return [chosen[i] for i in order], too_long
+
+
+@contextlib.contextmanager
+def naming_items(items: Sequence[schema.PreferenceItem], what: str) -> Iterator[None]:
+  """Re-raises a ValueError inside the block with the uids (file:record) of the items it was working on."""
+  try:
+    yield
+  except ValueError as e:
+    raise ValueError(f"{what}, items {[item.uid for item in items]}: {e}") from e

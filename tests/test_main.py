@@ -1,0 +1,44 @@
+"""The entry point: both absl flag forms, the unknown-key error, the experiment registry, the default workdir."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+from spct_jax import main
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(*args):
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  return subprocess.run([sys.executable, "-m", "spct_jax.main", *args], cwd=REPO, env=env, capture_output=True,
+                        timeout=300)
+
+
+def test_space_form_reaches_the_experiment(tmp_path):
+  """`--config configs/grpo.py:smoke` (space form) parses, applies overrides and reaches the experiment's checks
+  (an invalid value proves the override was applied; the full run is in test_experiments_grpo)."""
+  result = _run("--config", "configs/grpo.py:smoke", f"--workdir={tmp_path}", "--config.batch_size=0")
+  assert result.returncode == 1
+  assert "config.batch_size=0; expected an integer >= 1" in result.stderr.decode()
+
+
+def test_unknown_override_key_lists_valid_keys():
+  result = _run("--config=configs/grpo.py:smoke", "--config.grpo.bogus=1")
+  message = result.stderr.decode()
+  assert result.returncode != 0 and "Traceback" not in message
+  assert "unknown config key config.grpo.bogus" in message and "'group_size'" in message
+  result = _run("--config", "configs/eval.py", "--config.evals.voting.kk=(1,2)")
+  assert "unknown config key config.evals.voting.kk" in result.stderr.decode()
+
+
+def test_missing_config_flag_is_a_usage_error():
+  result = _run()
+  assert result.returncode != 0 and "--config" in result.stderr.decode()
+
+
+def test_default_workdir():
+  assert main.default_workdir("configs/grpo.py:smoke") == os.path.join("runs", "grpo-smoke")
+  assert main.default_workdir("/abs/configs/eval.py") == os.path.join("runs", "eval")
