@@ -16,7 +16,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["spct_jax", "spct_jax.*"]),
     # C++ sources that spct_jax.kernels compiles on first use (needs a C++ compiler on CPU machines).
-    package_data={"spct_jax.kernels": ["*.cc"]},
+    package_data={"spct_jax.kernels": ["*.cc", "*.h"]},
     python_requires=">=3.11",
     install_requires=[
         # Ranges admit the versions locked in requirements.lock (Python 3.11) and newer accelerator images.

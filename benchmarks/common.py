@@ -7,6 +7,7 @@ memory, threads and allocator state never leak into another's numbers. A worker 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import json
@@ -221,25 +222,6 @@ def torch_left_padded(prompts, pad_id: int):
   return ids, mask
 
 
-def bf16_matmul_peak(n: int = 4096, reps: int = 5) -> dict[str, float]:
-  """Measured matmul peak of JAX's default device: a jitted [n, n] @ [n, n] dot, bf16 in, f32 accumulate.
-
-  Returns FLOP/s of the best of `reps` runs (after a compile run), for bf16 and (as a reference) f32 inputs.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
-  out = {}
-  for name, dtype in (("bf16", jnp.bfloat16), ("f32", jnp.float32)):
-    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-    dot = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
-    dot(a, b).block_until_ready()
-    best = min(timed(lambda f=dot, x=a, y=b: f(x, y).block_until_ready())[1] for _ in range(reps))
-    out[name] = 2 * n**3 / best
-  return out
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Tables.
 
@@ -277,6 +259,14 @@ def print_report(lines: list[str], *, failed: Sequence[str], targets: str, markd
   print("\n".join(lines))
   if markdown:
     pathlib.Path(markdown).write_text("\n".join(lines) + "\n")
+
+
+def add_worker_args(parser: argparse.ArgumentParser) -> None:
+  """--worker-timeout, and the hidden flags a benchmark's parent passes to its per-system worker processes."""
+  parser.add_argument("--worker-timeout", type=float, help="seconds before a system's worker is killed (skipped)")
+  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--system", help=argparse.SUPPRESS)
+  parser.add_argument("--spec", help=argparse.SUPPRESS)
 
 
 def parse_systems(parser, text: str, valid) -> list[str]:

@@ -264,7 +264,4 @@ def add_run_args(parser, *, peer: str, without_tokenizer: str) -> None:
                       help="seeded random Gemma 3 270M weights, exported once to a transformers folder for all "
                            f"systems (no GGUF needed); {without_tokenizer}")
   parser.add_argument("--tokenizer", help="sentencepiece tokenizer.model file (or a name / folder) for the prompts")
-  parser.add_argument("--worker-timeout", type=float, help="seconds before a system's worker is killed (skipped)")
-  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-  parser.add_argument("--system", help=argparse.SUPPRESS)
-  parser.add_argument("--spec", help=argparse.SUPPRESS)
+  common.add_worker_args(parser)

@@ -21,6 +21,12 @@ policy forward and backward), N = non-embedding parameters + the LM-head matmul 
 reference forward (another 2 N per training token), attention score FLOPs and the prompt prefill are left out.
 Divided by the step time and a bf16 matmul peak measured in the same run on the same device (jitted `jnp.dot`, bf16
 inputs, f32 accumulation; 4096^3 on the CPU, 8192^3 on a GPU).
+
+Roofline (benchmarks/machine.py, measured by a worker of its own first): the rollout's least time is its prefill
+(every weight read once) plus one decode step per further token at max(bytes / bandwidth, FLOPs / peak); the
+update's is max(8 N FLOPs per training token (policy forward and backward, reference forward) / peak, AdamW's
+bytes (read parameters, gradients and both moments, write three of them, f32) / bandwidth). Each system is held to
+the roofline of its own dtype (bf16 or f32 weights and GEMM peak); the fraction is roofline / measured.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import time
 
 import common  # pylint: disable=g-bad-import-order  (also puts the repo root on sys.path)
 import gpu_common  # pylint: disable=g-bad-import-order
+import machine as machine_lib  # pylint: disable=g-bad-import-order
 
 TEXTS = [
     "Write a short story about a lighthouse keeper who finds a message in a bottle.",
@@ -77,13 +84,6 @@ def model_flops_per_token() -> tuple[int, int]:
 # Workers.
 
 
-def worker_peak(spec: dict) -> dict:
-  device = spec.get("device", "cpu")
-  device_name = gpu_common.check_jax(device)
-  n, reps = gpu_common.matmul_peak_shape(device)
-  return dict(system="peak", flops=common.bf16_matmul_peak(n, reps), n=n, device_name=device_name)
-
-
 def worker_ours(spec: dict, dtype: str) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
 
@@ -97,6 +97,7 @@ def worker_ours(spec: dict, dtype: str) -> dict:
     cfg = GRPOConfig(group_size=spec["group"], beta=spec["beta"], max_new_tokens=spec["new_tokens"],
                      temperature=1.0, logprob_chunk_size=spec["logprob_chunk"])
     trainer = GRPOTrainer(model, cfg, OptimizerConfig(learning_rate=spec["lr"], grad_clip_norm=1.0))
+    dtypes = f"{model.cfg.param_dtype} / {model.cfg.compute_dtype}"
     del model
   device_name = gpu_common.check_jax(device)
   common.log(f"  ours ({dtype} compute) ready in {load_s:.1f}s, {mem.peak_mib:.0f} MiB, on {device_name}")
@@ -121,7 +122,7 @@ def worker_ours(spec: dict, dtype: str) -> dict:
                       peak_gpu_mib=gpu_common.jax_peak_mib() if device == "gpu" else None))
     common.log(f"  ours step {i + 1}: rollout {rollout_s:.1f}s, update {update_s:.1f}s, loss {metrics['loss']:.4f}, "
                f"peak RSS {step_mem.peak_mib:.0f} MiB")
-  return dict(system=f"ours-{dtype}", load_s=load_s, steps=steps, device_name=device_name)
+  return dict(system=f"ours-{dtype}", load_s=load_s, steps=steps, device_name=device_name, dtypes=dtypes)
 
 
 def hf_folder() -> pathlib.Path:
@@ -213,6 +214,7 @@ def worker_trl(spec: dict, dtype: str) -> dict:
     trainer._generate = timed_generate  # pylint: disable=protected-access
     trainer.train()
   return dict(system=f"trl-{dtype}", load_s=load_s, steps=steps, trl_version=trl.__version__,
+              dtypes="float32 / " + ("bfloat16 (autocast)" if dtype == "bfloat16" else "float32"),
               torch_version=torch.__version__, torch_threads=torch.get_num_threads(),
               device_name=gpu_common.torch_device_name(dev))
 
@@ -224,18 +226,42 @@ SYSTEMS = {"ours-bfloat16": "ours bf16", "ours-float32": "ours f32", "trl-float3
            "trl-bfloat16": "TRL bf16 (autocast)"}
 
 
-def report(results: dict[str, dict], spec: dict, peak: dict[str, float] | None) -> str:
+def rooflines(machine: machine_lib.Machine, step: dict, spec: dict, dtype: str) -> tuple[float, float]:
+  """(rollout, update) least seconds of a GRPO step on `machine` with `dtype` weights and matmuls (see the top)."""
+  from spct_jax.model.config import get_config  # pylint: disable=g-import-not-at-top
+
+  cfg, width = get_config("gemma3-270m"), 2 if dtype == "bfloat16" else 4
+  rows, new = spec["items"] * spec["group"], spec["new_tokens"]
+  prompt = sum(step["prompt_lengths"]) / len(step["prompt_lengths"])
+  params = sum(machine_lib.matmul_params(cfg))
+  prefill = machine.roofline_s(params * width, machine_lib.prefill_flops(cfg, spec["items"] * prompt, prompt), dtype)
+  decode = (new - 1) * machine_lib.decode_roofline_s(machine, cfg, rows, int(prompt + new / 2), dtype, width)
+  update = machine.roofline_s(7 * 4 * params, 8 * params * step["train_tokens"], dtype)
+  return prefill + decode, update
+
+
+def report(results: dict[str, dict], spec: dict, machine: machine_lib.Machine | None) -> str:
   names = [s for s in SYSTEMS if s in results]
   n_flops, _ = model_flops_per_token()
   timed_step = lambda s: results[s]["steps"][-1]
   ours = "ours-bfloat16" if "ours-bfloat16" in results else names[0]
   peers = [s for s in names if s.startswith("trl")]
+  peak = machine and machine.peak
+  roofs = {s: rooflines(machine, timed_step(s), spec, s.split("-")[1]) for s in names} if machine else {}
+
+  def fraction(s):
+    if s not in roofs:
+      return "n/a"
+    st, (rollout, update) = timed_step(s), roofs[s]
+    return (f"{(rollout + update) / st['step_s']:.2f} (rollout {rollout / st['rollout_s']:.2f}, "
+            f"update {update / st['update_s']:.2f})")
 
   def mfu(s):
     st = timed_step(s)
     if peak is None:
       return None
-    return (2 * n_flops * st["completion_tokens"] + 6 * n_flops * st["train_tokens"]) / st["step_s"] / peak["bf16"]
+    return ((2 * n_flops * st["completion_tokens"] + 6 * n_flops * st["train_tokens"]) / st["step_s"]
+            / peak["bfloat16"])
 
   def row(label, fn, digits=2):
     return [label] + [common.fmt(fn(s), digits) for s in names]
@@ -248,9 +274,13 @@ def report(results: dict[str, dict], spec: dict, peak: dict[str, float] | None) 
       row("  update: ref fwd + policy fwd/bwd + AdamW (s)", lambda s: timed_step(s)["update_s"], 1),
       row("first (warm-up) step (s)", lambda s: results[s]["steps"][0]["step_s"], 1),
       row("MFU vs measured bf16 peak (%)", lambda s: None if mfu(s) is None else 100 * mfu(s), 2),
+      ["roofline (s): rollout / update"] + [" / ".join(f"{x:.1f}" for x in roofs[s]) if s in roofs else "n/a"
+                                           for s in names],
+      ["fraction of roofline: step (rollout, update)"] + [fraction(s) for s in names],
       row("peak RSS during timed step (MiB)", lambda s: timed_step(s)["peak_rss_mib"], 0),
       row("process ru_maxrss (MiB)", lambda s: results[s]["child_max_rss_mib"], 0),
       ["prompt lengths (tokens)"] + [str(sorted(set(timed_step(s)["prompt_lengths"]))) for s in names],
+      ["parameter / compute dtype"] + [results[s].get("dtypes", "?") for s in names],
   ]
   if spec.get("device") == "gpu":  # Process-wide high-water marks (JAX's cannot be reset; step 1 has step 2's shapes).
     rows += [row("peak GPU memory up to the end of the timed step (MiB)",
@@ -273,9 +303,9 @@ def report(results: dict[str, dict], spec: dict, peak: dict[str, float] | None) 
 
 def _peak_note(peak: dict[str, float] | None, spec: dict) -> str:
   if peak is None:
-    return "the peak measurement FAILED (no MFU)."
+    return "the machine measurement FAILED (no MFU, no roofline)."
   f32 = "; f32 at XLA's default GPU matmul precision" if spec.get("device") == "gpu" else ""
-  return (f"measured peak: bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s, f32 {peak['f32'] / 1e9:.0f} GFLOP/s "
+  return (f"measured peak: bf16 {peak['bfloat16'] / 1e9:.0f} GFLOP/s, f32 {peak['float32'] / 1e9:.0f} GFLOP/s "
           f"(jitted {spec.get('peak_n', 4096)}^3 jnp.dot, f32 accumulation{f32}).")
 
 
@@ -294,8 +324,9 @@ def main(argv: list[str] | None = None) -> None:
 
   if args.worker:
     spec = json.loads(pathlib.Path(args.spec).read_text())
-    if args.system == "peak":
-      common.emit_result(worker_peak(spec))
+    if args.system == "machine":
+      gpu_common.check_jax(spec.get("device", "cpu"))
+      common.emit_result(machine_lib.worker_machine(spec))
       return
     kind, dtype = args.system.split("-")
     common.emit_result((worker_ours if kind == "ours" else worker_trl)(spec, dtype))
@@ -309,7 +340,8 @@ def main(argv: list[str] | None = None) -> None:
   busy = common.busy_processes()
   spec = dict(settings(args.quick), logprob_chunk=args.logprob_chunk or None, trl_micro_batch=args.trl_micro_batch,
               device=args.device, peak_n=gpu_common.matmul_peak_shape(args.device)[0])
-  results, failed, peak = {}, [], None
+  spec["quick"] = args.quick
+  results, failed, machine, machines = {}, [], None, []
   if args.random_weights:
     texts = TEXTS[:spec["items"] * spec["steps"]]
     try:  # Checked: the HF tokenizer TRL uses gives our ids for these texts.
@@ -328,8 +360,8 @@ def main(argv: list[str] | None = None) -> None:
   with tempfile.TemporaryDirectory() as tmp:
     spec_path = pathlib.Path(tmp) / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    for system in ["peak", *systems]:
-      common.log("bf16 matmul peak ..." if system == "peak" else f"{system} ...")
+    for system in ["machine", *systems, "machine"]:
+      common.log("measuring the machine ..." if system == "machine" else f"{system} ...")
       try:
         result = common.run_worker(__file__, ["--system", system, "--spec", str(spec_path)],
                                    timeout_s=args.worker_timeout, env=env)
@@ -337,8 +369,10 @@ def main(argv: list[str] | None = None) -> None:
         common.log(f"{system} FAILED: {e}")
         failed.append(system)
         continue
-      if system == "peak":
-        peak = result["flops"]
+      if system == "machine":
+        machines.append(machine_lib.Machine.from_json(result))
+        machine = machine_lib.best_of(machines)
+        common.log(f"  {machines[-1].describe()}")
       else:
         results[system] = result
   lines = [header]
@@ -347,10 +381,13 @@ def main(argv: list[str] | None = None) -> None:
   if args.random_weights:
     lines.append(f"Weights: seeded random (seed 0) Gemma 3 270M architecture, {spec['model']}; prompts: "
                  f"{'the texts, tokenized' if args.tokenizer else 'random ids (seed 0)'}.\n")
-  lines.append(report(results, spec, peak) if results else json.dumps(results))
+  if machine:
+    lines.append(f"Machine: {machine.describe()} ({machine_lib.spread(machines)}).\n")
+  lines.append(report(results, spec, machine) if results else json.dumps(results))
   common.print_report(lines, failed=failed, targets="target: ours >= 3x TRL steps/s", markdown=args.markdown)
   if args.json:
-    pathlib.Path(args.json).write_text(json.dumps(dict(spec=spec, peak=peak, results=results), indent=1))
+    pathlib.Path(args.json).write_text(json.dumps(dict(spec=spec, machine=machine and machine.to_json(),
+                                                       results=results), indent=1))
   return 1 if failed else None
 
 

@@ -41,7 +41,7 @@ def incremental_logps(model, batch, *, kernel: bool) -> np.ndarray:
   cfg, params = model.cfg, decoding.decoding_params(model)
   completion = jnp.asarray(batch["completion"])
   n = completion.shape[1]
-  matmul = decoding.Matmul(cpu_kernel=kernel)
+  matmul = decoding.Matmul(cpu_kernel="skinny" if kernel else None)  # untiled params: the skinny kernel, not AMX
 
   @jax.jit
   def run(params, prompt_tokens, prompt_mask, row_source, completion):
@@ -51,7 +51,8 @@ def incremental_logps(model, batch, *, kernel: bool) -> np.ndarray:
     def step(carry, s):
       cache, logits = carry
       token = completion[:, s]
-      logp = jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0] - strategies.log_normalizer(logits)
+      summary = strategies.summarize(logits)
+      logp = summary.at(token) - summary.log_normalizer()
       hidden, cache = decoding.forward(cfg, params, token[:, None], (next_position + s)[:, None], cache,
                                        matmul=matmul)
       return (cache, decoding.logits(cfg, params, hidden, matmul=matmul)[:, 0]), logp

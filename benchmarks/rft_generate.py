@@ -125,10 +125,7 @@ def main(argv: list[str] | None = None) -> int | None:
   parser.add_argument("--systems", default="ours-bfloat16,hf-float32", help=f"comma list from {list(SYSTEMS)}")
   parser.add_argument("--json", help="also write the raw results here")
   parser.add_argument("--markdown", help="also write the final report here")
-  parser.add_argument("--worker-timeout", type=float, help="seconds before a system's worker is killed (skipped)")
-  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-  parser.add_argument("--system", help=argparse.SUPPRESS)
-  parser.add_argument("--spec", help=argparse.SUPPRESS)
+  common.add_worker_args(parser)
   args = parser.parse_args(argv)
 
   if args.worker:

@@ -17,13 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from spct_jax import multihost, sampling_memory
-from spct_jax.kernels import cpu_matvec
+from spct_jax import multihost, sampling_memory, strategies
 from spct_jax.model import decoding
 from spct_jax.model.config import ModelConfig
 from spct_jax.model.transformer import Transformer
 from spct_jax.stop_rules import NEVER_STOP, StopAfter
-from spct_jax.strategies import Greedy, log_normalizer, strategy_for
+from spct_jax.strategies import Greedy, strategy_for
 
 
 @flax.struct.dataclass
@@ -81,22 +80,25 @@ def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.La
   stop_table: int[V, S] a `StopAfter` automaton's transitions (`NEVER_STOP`: EOS and max_new_tokens only); each
   row carries its state (0 at the start) and stops on the token that reaches state S - 1.
 
+  Each step's logits reach the strategy as `strategies.Logits` (with per-block softmax summaries: from the AMX head
+  kernel on such CPUs, else `strategies.summarize`), so no step re-reads the [rows, V] logits to normalize or draw.
   Token s of row r is drawn with fold_in(fold_in(key, s), row_ids[r]) (row_ids: int32[R], each row's index in the
   whole request): a row's draws do not depend on the other rows, so a request split into row chunks samples what
-  it would in one call. The loop exits early once every row has produced an EOS; with `matmul.live_rows`, once
-  the live rows have (filler rows never finish).
+  it would in one call. Results depend only on the seed, the row ids and the kernel path (the AMX and XLA paths
+  round logits differently, which can flip a draw that falls within rounding of a CDF boundary). The loop exits
+  early once every row has produced an EOS; with `matmul.live_rows`, once the live rows have (filler rows never
+  finish).
   """
   rows = logits.shape[0]
   live = rows if matmul.live_rows is None else matmul.live_rows
   eos = jnp.asarray(eos_ids, jnp.int32)
 
-  def draw(s, logits, state):
+  def draw(s, logits: strategies.Logits, state):
     """Token s of every row from its logits; finished rows emit padding."""
     out, done, lengths, stop_state = state
-    log_z = log_normalizer(logits)
     row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.fold_in(key, s), row_ids)
-    token, logp = strategy.sample(row_keys, logits, log_z)
-    model_logp = jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0] - log_z
+    token, logp = strategy.sample(row_keys, logits)
+    model_logp = logits.at(token) - logits.log_normalizer()
     token = jnp.where(done, pad_id, token)
     put = lambda buf, val: jax.lax.dynamic_update_slice(buf, val[:, None].astype(buf.dtype), (0, s))
     out = dict(tokens=put(out["tokens"], token), logps=put(out["logps"], jnp.where(done, 0.0, logp)),
@@ -111,7 +113,8 @@ def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.La
     # Finished rows keep decoding padding (their outputs are masked in `draw`): one shape for the whole batch.
     hidden, cache = decoding.forward(cfg, params, token[:, None], (next_position + s - 1)[:, None], cache,
                                      matmul=matmul)
-    token, state = draw(s, decoding.logits(cfg, params, hidden, matmul=matmul)[:, 0], state)
+    logits = decoding.next_token_logits(cfg, params, hidden[:, 0], strategy.summary_temperature, matmul=matmul)
+    token, state = draw(s, logits, state)
     return s + 1, cache, token, state
 
   def keep_going(carry):
@@ -122,7 +125,8 @@ def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.La
              logps=jnp.zeros((rows, max_new_tokens), jnp.float32),
              model_logps=jnp.zeros((rows, max_new_tokens), jnp.float32))
   no_rows = jnp.zeros((rows,), jnp.bool_)
-  token, state = draw(0, logits, (out, no_rows, jnp.zeros((rows,), jnp.int32), jnp.zeros((rows,), jnp.int32)))
+  first = strategies.summarize(logits, strategy.summary_temperature)
+  token, state = draw(0, first, (out, no_rows, jnp.zeros((rows,), jnp.int32), jnp.zeros((rows,), jnp.int32)))
   _, cache, _, (out, done, lengths, _) = jax.lax.while_loop(
       keep_going, step, (jnp.ones((), jnp.int32), cache, token, state))
   return SampleOutput(tokens=out["tokens"], logps=out["logps"], model_logps=out["model_logps"], lengths=lengths,
@@ -252,7 +256,9 @@ def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, 
   key = jax.random.key(seed) if isinstance(seed, int) else seed
   if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.wrap_key_data(key)  # a raw uint32 key
-  run = functools.partial(_sample_rows, cfg, decoding.decoding_params(model), tokens, mask, key, mesh=mesh,
+  kernel = decoding.cpu_kernel_for(cfg, mesh)
+  params = decoding.decoding_params(model, tiled=kernel == "amx")
+  run = functools.partial(_sample_rows, cfg, params, tokens, mask, key, mesh=mesh, kernel=kernel,
                           max_new_tokens=max_new_tokens, strategy=strategy, eos_ids=tuple(int(e) for e in eos_ids),
                           pad_id=pad_id, stop=stop)
   outs = [run(row_source[chunk], np.arange(chunk.start, chunk.stop, dtype=np.int32)) for chunk in chunks]
@@ -261,8 +267,9 @@ def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, 
 
 
 def _sample_rows(cfg: ModelConfig, params: decoding.DecodingParams, tokens: np.ndarray, mask: np.ndarray,
-                 key: jax.Array, row_source: np.ndarray, row_ids: np.ndarray, *, mesh, max_new_tokens: int,
-                 strategy, eos_ids: tuple[int, ...], pad_id: int, stop: StopAfter | None) -> SampleOutput:
+                 key: jax.Array, row_source: np.ndarray, row_ids: np.ndarray, *, mesh, kernel: str | None,
+                 max_new_tokens: int, strategy, eos_ids: tuple[int, ...], pad_id: int,
+                 stop: StopAfter | None) -> SampleOutput:
   """Prefill of the prompts rows `row_ids` continue (row_source[r] indexes `tokens`), then their decode loop."""
   prompts, local_source = np.unique(row_source, return_inverse=True)
   local_source = local_source.astype(np.int32)
@@ -270,9 +277,7 @@ def _sample_rows(cfg: ModelConfig, params: decoding.DecodingParams, tokens: np.n
   # copies the cache every step): decode one filler row (its matmuls are skipped, see `decoding.Matmul`) and drop it.
   filler = len(local_source) == 1
   decode_rows, row_ids = (np.repeat(local_source, 2), np.repeat(row_ids, 2)) if filler else (local_source, row_ids)
-  matmul = decoding.Matmul(
-      cpu_kernel=mesh is None and cfg.compute_jnp_dtype == jnp.bfloat16 and cpu_matvec.enabled(),
-      live_rows=1 if filler else None)
+  matmul = decoding.Matmul(cpu_kernel=kernel, live_rows=1 if filler else None)
   rules = None
   if mesh is not None:
     from spct_jax import sharding  # pylint: disable=g-import-not-at-top

@@ -1,4 +1,9 @@
-"""The C++ skinny-matmul kernel: exact-enough products, its use by the decoder, and clear build errors."""
+"""The C++ decoding kernels (skinny and AMX): exact-enough products and summaries, their use by the decoder, the
+choice by CPU feature, and clear build errors.
+
+Nothing here skips: on a CPU with AMX the AMX tests run its kernels; on one without (AMD Zen 4, say) the same tests
+check that the decoder takes the skinny / XLA path, that it matches the reference, and that AMX requests raise.
+"""
 
 import logging
 
@@ -8,9 +13,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from spct_jax import sampler
+from spct_jax import sampler, strategies
 from spct_jax.kernels import cpu_matvec
 from spct_jax.model import Transformer, decoding, get_config
+
+
+HAS_AMX = cpu_matvec.cpu_has_amx()  # from /proc/cpuinfo, independently of the build
+THIS_CPU = "amx" if HAS_AMX else "skinny"  # the kernel the decoder must pick here
+BF16_CFG = get_config("tiny-gemma3", compute_dtype="bfloat16")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -88,7 +98,7 @@ def bf16_model():
 
 
 def _step_fn(model, matmul):
-  cfg, params = model.cfg, decoding.decoding_params(model)
+  cfg, params = model.cfg, decoding.decoding_params(model, tiled=matmul.cpu_kernel == "amx")
 
   def step(tokens, positions):
     cache = decoding.init_cache(cfg, tokens.shape[0], 8)
@@ -97,8 +107,8 @@ def _step_fn(model, matmul):
   return jax.jit(step)
 
 
-def test_decoder_runs_the_kernel_for_one_row_and_xla_for_many(bf16_model):
-  kernel = decoding.Matmul(cpu_kernel=True)
+def test_decoder_runs_the_skinny_kernel_for_one_row_and_xla_for_many(bf16_model):
+  kernel = decoding.Matmul(cpu_kernel="skinny")
   one, many = jnp.array([[5]]), jnp.arange(4)[:, None] + 3
   hlo = lambda matmul, tokens: _step_fn(bf16_model, matmul).lower(tokens, jnp.zeros_like(tokens)).as_text()
   assert cpu_matvec.TARGET in hlo(kernel, one)
@@ -118,20 +128,32 @@ def test_filler_rows_are_zero_and_leave_the_live_rows_alone(bf16_model):
   np.testing.assert_array_equal(live[1], 0.0)  # a zero hidden state gives zero logits (softcap(0) = 0)
 
 
-def test_sampler_uses_the_kernel_for_one_unsharded_bf16_sequence(bf16_model, monkeypatch):
+def test_sampler_picks_the_kernel_for_unsharded_bf16_decoding(bf16_model, monkeypatch):
   def matmuls():
     return {dict(key[-1])["matmul"] for key in sampler._COMPILED}  # pylint: disable=protected-access
 
-  sampler._COMPILED.clear()  # pylint: disable=protected-access
-  out = sampler.sample_from_tokens(bf16_model, [[2, 5, 9]], max_new_tokens=6, eos_ids=(-1,))[0]
-  assert matmuls() == {decoding.Matmul(cpu_kernel=True, live_rows=1)}
-  sampler._COMPILED.clear()  # pylint: disable=protected-access
-  monkeypatch.setenv(cpu_matvec.ENV_SWITCH, "off")
-  xla = sampler.sample_from_tokens(bf16_model, [[2, 5, 9]], max_new_tokens=6, eos_ids=(-1,))[0]
-  assert matmuls() == {decoding.Matmul(cpu_kernel=False, live_rows=1)}
-  assert out.tokens.shape == (1, 6) and out.lengths.tolist() == [6]
-  np.testing.assert_array_equal(out.tokens, xla.tokens)
-  np.testing.assert_allclose(out.model_logps, xla.model_logps, atol=5e-2)
+  runs = {}
+  for switch, kernel in (("on", THIS_CPU), ("no-amx", "skinny"), ("off", None)):
+    monkeypatch.setenv(cpu_matvec.ENV_SWITCH, switch)
+    sampler._COMPILED.clear()  # pylint: disable=protected-access
+    runs[switch] = sampler.sample_from_tokens(bf16_model, [[2, 5, 9]], max_new_tokens=6, eos_ids=(-1,))[0]
+    assert matmuls() == {decoding.Matmul(cpu_kernel=kernel, live_rows=1)}
+  assert runs["on"].tokens.shape == (1, 6) and runs["on"].lengths.tolist() == [6]
+  for switch in ("on", "no-amx"):
+    np.testing.assert_array_equal(runs[switch].tokens, runs["off"].tokens)
+    np.testing.assert_allclose(runs[switch].model_logps, runs["off"].model_logps, atol=5e-2)
+
+
+def test_batched_sampling_with_the_kernels_draws_the_xla_paths_tokens(bf16_model, monkeypatch):
+  """Same seed, same draws: the kernels' logits and summaries differ from XLA's by rounding only."""
+  runs = {}
+  for switch in ("on", "off"):
+    monkeypatch.setenv(cpu_matvec.ENV_SWITCH, switch)
+    runs[switch] = sampler.sample_from_tokens(bf16_model, [[2, 5, 9], [2, 7]], max_new_tokens=6, num_samples=4,
+                                              strategy=strategies.Sampling(0.8), seed=5, eos_ids=(-1,))[0]
+  np.testing.assert_array_equal(runs["on"].tokens, runs["off"].tokens)
+  np.testing.assert_allclose(runs["on"].logps, runs["off"].logps, atol=5e-2)
+  np.testing.assert_allclose(runs["on"].model_logps, runs["off"].model_logps, atol=5e-2)
 
 
 @pytest.mark.slow
@@ -147,3 +169,145 @@ def test_real_model_greedy_with_the_kernel_equals_the_xla_path(monkeypatch):
   for on, off in zip(runs["on"], runs["off"]):
     np.testing.assert_array_equal(on.tokens, off.tokens)
     np.testing.assert_allclose(on.model_logps, off.model_logps, atol=0.1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Choice by CPU feature, and the AMX kernels where the CPU has them (their stand-in path where it does not).
+
+
+def test_the_dispatcher_picks_amx_exactly_where_the_cpu_has_it(monkeypatch):
+  monkeypatch.delenv(cpu_matvec.ENV_SWITCH, raising=False)
+  assert cpu_matvec.amx() == HAS_AMX
+  assert decoding.cpu_kernel_for(BF16_CFG) == THIS_CPU
+  assert decoding.cpu_kernel_for(get_config("tiny-gemma3")) is None  # f32 compute: XLA's dot
+  if HAS_AMX:  # the build has the kernels and Linux granted the tile state: a forced request is met
+    monkeypatch.setenv(cpu_matvec.ENV_SWITCH, "amx")
+    assert cpu_matvec.amx()
+
+
+def _without_amx(monkeypatch):
+  """This process as on a CPU without AMX (the real state there): no cpuinfo flags, no AMX targets in the build."""
+  monkeypatch.setattr(cpu_matvec, "cpu_has_amx", lambda: False)
+  monkeypatch.setattr(cpu_matvec, "_AMX", set())
+
+
+def test_without_amx_the_skinny_path_is_chosen_and_a_forced_amx_request_raises(monkeypatch, bf16_model):
+  _without_amx(monkeypatch)
+  monkeypatch.delenv(cpu_matvec.ENV_SWITCH, raising=False)
+  assert not cpu_matvec.amx()
+  assert decoding.cpu_kernel_for(BF16_CFG) == "skinny"
+  x, w, _ = _amx_operands(2, 64, 64)
+  with pytest.raises(cpu_matvec.KernelBuildError, match="AMX kernels are not available"):
+    cpu_matvec.amx_matmul(x, cpu_matvec.tile(w))
+  monkeypatch.setenv(cpu_matvec.ENV_SWITCH, "amx")
+  with pytest.raises(cpu_matvec.KernelBuildError, match="SPCT_CPU_KERNELS=amx: .* has no AMX bf16 tiles"):
+    decoding.cpu_kernel_for(BF16_CFG)
+  with pytest.raises(cpu_matvec.KernelBuildError, match="SPCT_CPU_KERNELS=amx"):
+    sampler.sample_from_tokens(bf16_model, [[2, 5, 9]], max_new_tokens=2)
+
+
+def test_an_unknown_kernel_mode_is_an_error(monkeypatch):
+  monkeypatch.setenv(cpu_matvec.ENV_SWITCH, "fast")
+  with pytest.raises(ValueError, match="SPCT_CPU_KERNELS='fast': expected one of auto, amx, no-amx, off"):
+    cpu_matvec.enabled()
+
+
+def test_tile_is_the_documented_block_layout():
+  w = jnp.arange(64 * 96, dtype=jnp.float32).reshape(64, 96)
+  tiles = cpu_matvec.tile(w)
+  assert tiles.shape == (2, 3, 32, 32)
+  assert tiles[1, 2, 5, 7] == w[32 + 5, 64 + 7]
+  np.testing.assert_array_equal(cpu_matvec.untile(tiles), w)
+  assert not cpu_matvec.tileable((64, 100))
+  with pytest.raises(ValueError, match="multiples of 32"):
+    cpu_matvec.tile(w[:, :50])
+
+
+def _amx_operands(m, k, n, seed=0):
+  x = jax.random.normal(jax.random.key(seed), (m, k)) * 3  # f32: the kernel rounds it to bf16 itself
+  w = jax.random.normal(jax.random.key(seed + 1), (n, k)).astype(jnp.bfloat16)
+  expected = np.asarray(x.astype(jnp.bfloat16), np.float64) @ np.asarray(w, np.float64).T
+  return x, w, expected
+
+
+def _close(got, expected, k):
+  np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * np.sqrt(k) * np.abs(expected).max() + 1e-6)
+
+
+def _this_cpus_batched_matmul(x, w):
+  """x @ w^T as this CPU decodes it: `amx_matmul` where it has AMX, else the decoder's own matmul with the kernel
+  it picks here (the skinny kernel for 1-2 rows, XLA's bf16 dot for more)."""
+  if HAS_AMX:
+    return cpu_matvec.amx_matmul(x, cpu_matvec.tile(w))
+  matmul = decoding.Matmul(cpu_kernel=decoding.cpu_kernel_for(BF16_CFG))
+  return decoding._linear(BF16_CFG, x[None], {"w": w}, "w", matmul)[0]  # pylint: disable=protected-access
+
+
+# M of 1, 16 (one activation tile), 17 and 40 (a pair plus a single one), 130 (above AMX_MAX_ROWS: still exact).
+@pytest.mark.parametrize("m,k,n", [(1, 640, 1024), (16, 32, 32), (17, 96, 4096), (40, 640, 160), (130, 64, 96)])
+def test_this_cpus_batched_matmul_equals_a_float64_reference(m, k, n):
+  x, w, expected = _amx_operands(m, k, n)
+  got = np.asarray(jax.jit(_this_cpus_batched_matmul)(x, w))
+  assert got.dtype == np.float32 and got.shape == (m, n)
+  _close(got, expected, k)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_this_cpus_head_gives_the_logits_and_their_block_summaries(temperature):
+  """AMX: `amx_head` writes the summaries in its pass; elsewhere `next_token_logits` summarizes XLA's logits."""
+  x, w, expected = _amx_operands(3, 64, 1056)  # 2 full summary blocks of 512 and a partial one of 32
+  if HAS_AMX:
+    values, *summaries = jax.jit(lambda x, w: cpu_matvec.amx_head(x, w, temperature))(x, cpu_matvec.tile(w))
+  else:
+    head = jax.jit(lambda x, w: decoding.next_token_logits(BF16_CFG, {"head": w}, x, temperature,
+                                                           matmul=decoding.Matmul(cpu_kernel="skinny")))
+    got = head(x, w)
+    values, summaries = got.values, (got.block_max, got.block_sum, got.tempered_sum)
+  _close(np.asarray(values), expected, 64)
+  reference = strategies.summarize(jnp.asarray(values), temperature)
+  assert all(s.shape == (3, 3) for s in summaries)
+  np.testing.assert_array_equal(summaries[0], reference.block_max)
+  np.testing.assert_allclose(summaries[1], reference.block_sum, rtol=2e-6)
+  np.testing.assert_allclose(summaries[2], reference.tempered_sum, rtol=2e-6)
+
+
+def test_amx_kernels_reject_untiled_weights():
+  x, w, _ = _amx_operands(2, 64, 64)
+  error = ValueError if HAS_AMX else cpu_matvec.KernelBuildError  # without AMX any call is refused first
+  with pytest.raises(error, match=r"tiled w \[N/32" if HAS_AMX else "not available"):
+    cpu_matvec.amx_matmul(x, w)
+  with pytest.raises(error, match="bf16 w" if HAS_AMX else "not available"):
+    cpu_matvec.amx_head(x, cpu_matvec.tile(w.astype(jnp.float32)))
+
+
+def test_decoder_runs_this_cpus_kernel_for_every_row_count_and_equals_xla(bf16_model):
+  kernel = decoding.Matmul(cpu_kernel=THIS_CPU)
+  for tokens in (jnp.array([[5]]), jnp.arange(6)[:, None] + 3):
+    hlo = _step_fn(bf16_model, kernel).lower(tokens, jnp.zeros_like(tokens)).as_text()
+    assert (cpu_matvec.AMX_TARGETS["matmul"] in hlo) == HAS_AMX
+    assert (cpu_matvec.TARGET in hlo) == (not HAS_AMX and tokens.shape[0] <= cpu_matvec.MAX_ROWS)
+    got = _step_fn(bf16_model, kernel)(tokens, jnp.zeros_like(tokens))
+    expected = _step_fn(bf16_model, decoding.Matmul())(tokens, jnp.zeros_like(tokens))
+    np.testing.assert_allclose(got, expected, rtol=2e-2, atol=2e-2 * float(jnp.abs(expected).max()))
+    np.testing.assert_array_equal(jnp.argmax(got, -1), jnp.argmax(expected, -1))
+
+
+@pytest.mark.parametrize("name", ["tiny-gemma3", "tiny-gemma2"])  # Gemma 2's final softcap: amx_matmul + summarize
+def test_next_token_logits_on_this_cpu_equal_the_summarized_xla_logits(name):
+  bf16_model = Transformer(get_config(name, compute_dtype="bfloat16"), rngs=nnx.Rngs(0))
+  cfg = bf16_model.cfg
+  hidden = jax.random.normal(jax.random.key(3), (4, cfg.embed_dim))
+  kernel = decoding.Matmul(cpu_kernel=decoding.cpu_kernel_for(cfg), live_rows=3)  # the fourth row is filler
+  params = decoding.decoding_params(bf16_model, tiled=kernel.cpu_kernel == "amx")
+  assert (params["head"].ndim == 4) == HAS_AMX
+  got = decoding.next_token_logits(cfg, params, hidden, 0.7, matmul=kernel)
+  hlo = jax.jit(lambda p, h: decoding.next_token_logits(cfg, p, h, 0.7, matmul=kernel).values).lower(
+      params, hidden).as_text()
+  head_target = cpu_matvec.AMX_TARGETS["head" if cfg.final_logit_softcap is None else "matmul"]
+  assert (head_target in hlo) == HAS_AMX
+  expected = decoding.next_token_logits(cfg, decoding.decoding_params(bf16_model), hidden, 0.7)
+  np.testing.assert_allclose(got.values[:3], expected.values[:3], rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(got.values[3], 0.0)
+  for name in ("block_max", "block_sum", "tempered_sum"):
+    np.testing.assert_allclose(getattr(got, name)[:3], getattr(expected, name)[:3], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got.log_normalizer()[:3], expected.log_normalizer()[:3], rtol=1e-6)

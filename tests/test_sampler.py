@@ -153,23 +153,22 @@ def test_stop_after_trigger_ends_rows_at_the_stop_token(model):
 class Scripted:
   """A test strategy that emits `script[r][s]` as row r's token s, whatever the logits.
 
-  The decode loop draws token s of row r with `fold_in(fold_in(key(seed), s), r)` (its documented key schedule):
-  each row's step is found by matching its key, so the script runs through the real prefill / while_loop / stop
-  machinery.
+  The decode loop draws token s of row r with `fold_in(fold_in(key(seed), s), r)` (its documented key schedule; the
+  row ids of a one-chunk request are 0..R-1): the step is found by matching each row's key, so the script runs
+  through the real prefill / while_loop / stop machinery.
   """
 
   script: tuple[tuple[int, ...], ...]
   seed: int
+  summary_temperature = 1.0
 
-  def sample(self, keys, logits, log_z):
-    del log_z
-    steps, rows = len(self.script[0]), len(self.script)
-    step_key = lambda s: jax.random.fold_in(jax.random.key(self.seed), s)
-    table = jax.vmap(lambda s: jax.vmap(lambda r: jax.random.key_data(jax.random.fold_in(step_key(s), r)))(
-        jnp.arange(rows)))(jnp.arange(steps))  # u32[steps, rows, 2]
-    step = jnp.argmax(jnp.all(table == jax.random.key_data(keys)[None], axis=-1), axis=0)  # i32[rows]
+  def sample(self, key, logits):
+    rows, steps = len(self.script), len(self.script[0])
+    step_key = lambda s, r: jax.random.key_data(jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), s), r))
+    candidates = jax.vmap(lambda s: jax.vmap(lambda r: step_key(s, r))(jnp.arange(rows)))(jnp.arange(steps))
+    step = jnp.argmax(jnp.all(candidates == jax.random.key_data(key)[None], axis=-1), axis=0)  # [R]
     tokens = jnp.asarray(self.script, jnp.int32)[jnp.arange(rows), step]
-    return tokens, jnp.zeros(logits.shape[:1], jnp.float32)
+    return tokens, jnp.zeros(logits.values.shape[:1], jnp.float32)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from flax import nnx
 
 from spct_jax import sampler, sampling_memory, strategies
 from spct_jax.grm.scorer import GRM, build_prompts
+from spct_jax.kernels import cpu_matvec
 from spct_jax.model import Transformer, decoding, get_config
 
 PROMPTS = [[2, 5, 6, 7, 8, 9, 10, 11, 12, 13], [2, 40, 41], [2, 99, 98, 97, 96]]
@@ -96,3 +97,19 @@ def test_default_budget_is_a_share_of_the_free_memory(monkeypatch):
   assert free is not None and free > 0  # Linux: MemAvailable
   monkeypatch.setattr(sampling_memory, "free_bytes", lambda: 10 << 30)
   assert sampling_memory.default_budget_bytes() == int(sampling_memory.DEFAULT_SHARE * (10 << 30))
+
+
+@pytest.mark.parametrize("kernels", ["auto", "no-amx"])  # auto: AMX where the CPU has it; no-amx: as on Zen 4
+def test_chunked_bf16_sampling_through_the_cpu_kernels_equals_one_call(monkeypatch, kernels):
+  """bf16 decoding runs the CPU kernels, whose path depends on the row count (1-2 rows: the skinny kernel, more:
+  XLA's dot, or AMX tiles for all): one-row chunks still draw the tokens of one call. Their log-probs agree to bf16
+  rounding only where the paths differ (no-amx: 9e-4 nats measured; the kernels sum in other orders)."""
+  monkeypatch.setenv(cpu_matvec.ENV_SWITCH, kernels)
+  model = Transformer(get_config("tiny-gemma3", compute_dtype="bfloat16"), rngs=nnx.Rngs(0))
+  sample = functools.partial(sampler.sample_from_tokens, model, PROMPTS, max_new_tokens=6, num_samples=3,
+                             strategy=strategies.Sampling(1.0), seed=11, length_multiple=16)
+  whole = sample(memory_budget_bytes=1 << 40)[0]
+  chunked = sample(memory_budget_bytes=_budget_for(model.cfg, 1))[0]
+  np.testing.assert_array_equal(chunked.tokens, whole.tokens)
+  np.testing.assert_allclose(chunked.model_logps, whole.model_logps, atol=5e-3)
+  np.testing.assert_allclose(chunked.logps, whole.logps, atol=5e-3)

@@ -1,4 +1,5 @@
-// Skinny bf16 matmul for XLA:CPU decoding: y f32[M, N] = x bf16[M, K] @ w bf16[N, K]^T, M a few rows.
+// Skinny bf16 matmul for XLA:CPU decoding, any CPU (cpu_amx.cc is the AMX path):
+// y f32[M, N] = x bf16[M, K] @ w bf16[N, K]^T, M a few rows.
 //
 // Decoding one sequence streams every weight once per token for one or two activation rows. XLA:CPU's bf16 dot
 // (YNNPACK) moves such a weight at about half the speed a plain read of it reaches on the same cores, so this
@@ -7,27 +8,21 @@
 // Built by spct_jax/kernels/cpu_matvec.py with -march=native; written with GCC/Clang vector extensions so it
 // compiles for any ISA, with AVX-512 BF16 dot-product instructions where the CPU has them.
 
-#include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <thread>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
+#include "cpu_common.h"
 
 namespace {
 
+using namespace spct;  // NOLINT: the shared aliases
+
 typedef float f32x16 __attribute__((vector_size(64)));
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
-
-using Bf16Matrix = ffi::Buffer<ffi::BF16, 2>;  // aliases: the handler macros split template arguments at commas
-using F32Matrix = ffi::Buffer<ffi::F32, 2>;
 
 constexpr int64_t kStep = 32;  // bf16 elements per vector step: one 64-byte load
 constexpr int kRows = 4;       // weight rows per block
@@ -92,27 +87,28 @@ void DotRows(const uint16_t* x, const uint16_t* w, float* y, int64_t m0, int64_t
   for (; n < hi; ++n) DotBlock<1, MB>(xs, w + n * k_dim, y, m0, n, k_dim, n_dim);
 }
 
-// Runs body(lo, hi) over [0, n) in up to `threads` contiguous chunks: one on the calling thread, the rest on XLA's
-// intra-op pool, and waits for all of them.
-template <typename Body>
-void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t grain, Body body) {
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(threads, n / grain));
-  if (chunks == 1) {
-    body(0, n);
-    return;
-  }
-  const int64_t step = (n + chunks - 1) / chunks;
-  std::atomic<int64_t> pending{chunks - 1};
-  for (int64_t c = 1; c < chunks; ++c) {
-    const int64_t lo = std::min(n, c * step), hi = std::min(n, (c + 1) * step);
-    pool.Schedule([&pending, &body, lo, hi] {
-      body(lo, hi);
-      pending.fetch_sub(1, std::memory_order_release);
-    });
-  }
-  body(0, std::min(n, step));
-  while (pending.load(std::memory_order_acquire) > 0) std::this_thread::yield();
+// out[0] = a checksum of a bf16 buffer read as 64-byte vectors over the thread pool: the read bandwidth these
+// kernels can reach (benchmarks/machine.py times it).
+ffi::Error StreamRead(ffi::ThreadPool pool, Bf16Vector data, ffi::Result<F32Vector> out) {
+  const auto* p = reinterpret_cast<const uint32_t*>(data.typed_data());
+  const int64_t vectors = data.element_count() / 32;
+  std::atomic<uint32_t> total{0};
+  ParallelFor(pool, vectors / 2, 512, [&](int64_t lo, int64_t hi) {
+    u32x16 acc0 = {}, acc1 = {};
+    for (int64_t i = 2 * lo; i < 2 * hi; i += 2) {
+      u32x16 a, b;
+      std::memcpy(&a, p + i * 16, sizeof a);
+      std::memcpy(&b, p + i * 16 + 16, sizeof b);
+      acc0 ^= a;
+      acc1 ^= b;
+    }
+    acc0 ^= acc1;
+    uint32_t s = 0;
+    for (int j = 0; j < 16; ++j) s ^= acc0[j];
+    total.fetch_xor(s);
+  });
+  out->typed_data()[0] = float(total.load() & 0xffff);
+  return ffi::Error::Success();
 }
 
 ffi::Error SkinnyMatmul(ffi::ThreadPool pool, Bf16Matrix x, Bf16Matrix w, ffi::Result<F32Matrix> y) {
@@ -139,3 +135,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SpctSkinnyMatmul, SkinnyMatmul,
                                   .Arg<Bf16Matrix>()
                                   .Arg<Bf16Matrix>()
                                   .Ret<F32Matrix>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SpctStreamRead, StreamRead,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<Bf16Vector>()
+                                  .Ret<F32Vector>());

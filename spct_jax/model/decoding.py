@@ -17,9 +17,12 @@ code with each layer's kind known statically, and `LayerCache` keeps one K and o
 updated in place. The math is `Transformer.hidden_states`' own (tests/test_decoding.py holds them equal): the same
 norms, `_rotate_qk` and `_attend`.
 
-Weights are [out, in]. On the CPU, matmuls of one or two rows (decoding one sequence) can run a C++ kernel that
-streams each weight row once (`Matmul.cpu_kernel`, `spct_jax.kernels.cpu_matvec`): XLA:CPU's bf16 dot reads such
-weights at about half the bandwidth a plain read reaches.
+Weights are [out, in]. On the CPU, decode matmuls can run C++ kernels (`Matmul.cpu_kernel`,
+`spct_jax.kernels.cpu_matvec`): XLA:CPU's bf16 dot reads the weights of a one-sequence step at about half the
+bandwidth a plain read reaches, and of a 32-row step at a third (on an AMX Xeon). On CPUs without AMX, matmuls of
+one or two rows stream each [out, in] weight row once ("skinny"); with AMX, every matmul of up to
+`cpu_matvec.AMX_MAX_ROWS` rows runs on AMX tiles from a tiled copy of the weights (`params["layer_tiles"]`, the
+head only tiled), and the LM head returns the logits' softmax summaries from the same pass (`next_token_logits`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from spct_jax import strategies
 from spct_jax.kernels import cpu_matvec
 from spct_jax.model import attention
 from spct_jax.model import transformer as tfm
@@ -43,7 +47,9 @@ from spct_jax.model.config import ModelConfig
 # dtype (the same array when the dtypes agree), "final_norm": [D], "layers": ({name: array, ...}, ...)}.
 # Layer matmul weights are 2-D [out, in], like the head: qkv_proj [K*(G+2)*H, D] (per kv head: its G query heads,
 # its key, its value), o_proj [D, N*H], gate_up_proj [F*2, D] (gate and up interleaved), down_proj [D, F]; G = N / K.
-# Norm scales as in `Transformer`.
+# Norm scales as in `Transformer`. With tiled=True (the AMX kernels), "head" is `cpu_matvec.tile`d and "layer_tiles"
+# holds a tiled copy of each layer's tileable matmul weights ({name: [N/32, K/32, 32, 32]}, ...); the 2-D ones stay
+# for prefill's many rows, where XLA's dot is faster than the kernel.
 DecodingParams = dict
 MATMULS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 
@@ -53,14 +59,23 @@ class Matmul:
   """How decoding multiplies activations by weights; static (part of the compiled function).
 
   Attributes:
-    cpu_kernel: matmuls of at most `cpu_matvec.MAX_ROWS` rows with bf16 weights run the C++ kernel
-      (`spct_jax.kernels.cpu_matvec`, XLA:CPU only; the caller checks `cpu_matvec.enabled()`), others XLA's dot.
+    cpu_kernel: None: XLA's dot. "skinny": matmuls of at most `cpu_matvec.MAX_ROWS` rows with bf16 weights run
+      `cpu_matvec.skinny_matmul`. "amx": the params are tiled (`decoding_params(..., tiled=True)`) and matmuls of
+      at most `cpu_matvec.AMX_MAX_ROWS` rows run `cpu_matvec.amx_matmul`, the head always (XLA:CPU only; see
+      `cpu_kernel_for`).
     live_rows: batch rows past this many are filler (the sampler's duplicate batch-1 row, there for XLA's
       layouts): their matmul outputs are zeros instead of computed. None = every row is live.
   """
 
-  cpu_kernel: bool = False
+  cpu_kernel: str | None = None
   live_rows: int | None = None
+
+
+def cpu_kernel_for(cfg: ModelConfig, mesh=None) -> str | None:
+  """The `Matmul.cpu_kernel` this process should decode `cfg` with: unsharded bf16 compute on the CPU backend."""
+  if mesh is not None or cfg.compute_jnp_dtype != jnp.bfloat16 or not cpu_matvec.enabled():
+    return None
+  return "amx" if cpu_matvec.amx() else "skinny"
 
 
 @flax.struct.dataclass
@@ -105,23 +120,29 @@ def _decoding_layout(cfg: ModelConfig, blocks: dict[str, jax.Array]) -> dict[str
   return blocks
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _split(graphdef, state) -> DecodingParams:
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _split(graphdef, state, tiled: bool) -> DecodingParams:
   model: tfm.Transformer = nnx.merge(graphdef, state)
   cfg, dtype = model.cfg, model.cfg.compute_jnp_dtype
   blocks = _decoding_layout(cfg, model.blocks.as_dict())
   layers = tuple({name: _cast(name, value[i], dtype) for name, value in blocks.items()}
                  for i in range(cfg.num_layers))
   params = {"final_norm": model.final_norm[...], "layers": layers}
-  if model.embedding[...].dtype != dtype:
+  if model.embedding[...].dtype != dtype or tiled:
     params["head"] = model.embedding[...].astype(dtype)
+  if tiled:
+    tileable = lambda w: w.dtype == jnp.bfloat16 and cpu_matvec.tileable(w.shape)
+    params["layer_tiles"] = tuple({name: cpu_matvec.tile(p[name]) for name in MATMULS if tileable(p[name])}
+                                  for p in layers)
+    if tileable(params["head"]):
+      params["head"] = cpu_matvec.tile(params["head"])
   return params
 
 
-_LAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (its parameter arrays, their split)
+_LAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {tiled: (its parameter arrays, split)}
 
 
-def decoding_params(model: tfm.Transformer) -> DecodingParams:
+def decoding_params(model: tfm.Transformer, tiled: bool = False) -> DecodingParams:
   """Per-layer weight buffers in the compute dtype (norm scales as stored), see `DecodingParams`.
 
   A jitted split: each output is its own buffer, sharded like the parameter it came from. It costs one read of the
@@ -130,15 +151,16 @@ def decoding_params(model: tfm.Transformer) -> DecodingParams:
   The last split of each live model object is kept while that object lives and its parameter arrays are the same
   objects, so repeated sampling calls (voting, evaluation) pay it once; a model whose parameters were replaced
   (a train step) is split again, and a merged-per-call model (`TrainState.model()`) keeps nothing.
+  tiled: also the AMX kernels' tiled weights (see `DecodingParams`; +40% memory for Gemma 3 270M's layers).
   """
   graphdef, state = nnx.split(model)
   arrays = jax.tree.leaves(state)
-  last = _LAST.get(model)
+  last = _LAST.setdefault(model, {}).get(tiled)
   if last is not None and len(last[0]) == len(arrays) and all(a is b for a, b in zip(last[0], arrays)):
     return last[1]
-  params, embedding = _split(graphdef, state), model.embedding[...]
+  params, embedding = _split(graphdef, state, tiled), model.embedding[...]
   params = dict(params, embedding=embedding, head=params.get("head", embedding))
-  _LAST[model] = (arrays, params)
+  _LAST[model] = {tiled: (arrays, params)}  # one split per model: a call with the other layout drops this one
   return params
 
 
@@ -213,7 +235,9 @@ def forward(cfg: ModelConfig, params: DecodingParams, tokens: jax.Array, positio
   x = _lookup(params["embedding"], tokens).astype(jnp.float32) * math.sqrt(cfg.embed_dim)
   write = lambda buf, new: jax.lax.dynamic_update_slice(buf, _kv_rows(new).astype(buf.dtype), (0, cache.index, 0))
   new_k, new_v = [], []
-  for p, kind, k_cache, v_cache in zip(params["layers"], cfg.layer_kinds, cache.k, cache.v):
+  tiles = params.get("layer_tiles") or ({},) * cfg.num_layers
+  for p, p_tiles, kind, k_cache, v_cache in zip(params["layers"], tiles, cfg.layer_kinds, cache.k, cache.v):
+    p = dict(p, tiles=p_tiles)
     q, k, v = _project_qkv(cfg, p, x, ropes[kind], matmul)
     k_cache, v_cache = write(k_cache, k), write(v_cache, v)
     if prefill:
@@ -223,7 +247,7 @@ def forward(cfg: ModelConfig, params: DecodingParams, tokens: jax.Array, positio
     else:
       attended = _attend(cfg, q, k_cache, v_cache, masks[kind])
     # o_proj flattened to [N*H, D]: with a separate heads axis XLA:CPU transposed the weight every step.
-    attn_out = _linear(cfg, attended.reshape(*attended.shape[:2], -1), p["o_proj"], matmul)
+    attn_out = _linear(cfg, attended.reshape(*attended.shape[:2], -1), p, "o_proj", matmul)
     x = _residual_mlp(cfg, p, x, attn_out, matmul)
     new_k.append(k_cache)
     new_v.append(v_cache)
@@ -232,21 +256,30 @@ def forward(cfg: ModelConfig, params: DecodingParams, tokens: jax.Array, positio
                             index=cache.index + tokens.shape[1])
 
 
-def _linear(cfg: ModelConfig, x: jax.Array, w: jax.Array, matmul: Matmul) -> jax.Array:
-  """x [B, T, in] @ w [out, in]^T -> f32[B, T, out] as one 2-D matmul (rows past `matmul.live_rows`: zeros).
+def _linear(cfg: ModelConfig, x: jax.Array, p: dict, name: str, matmul: Matmul) -> jax.Array:
+  """x [B, T, in] @ p[name] [out, in]^T -> f32[B, T, out] as one 2-D matmul (rows past `matmul.live_rows`: zeros).
 
+  p[name] may be `cpu_matvec.tile`d (the head), and p["tiles"] may hold a tiled copy of it (layers).
   With a batched [B, T, in] operand the same matmul ran ~1.5x slower inside the decode loop, and XLA:CPU copied
   weights into another layout on every call (the LM head's 335 MB table among them).
   """
   b, t, _ = x.shape
   live = b if matmul.live_rows is None else matmul.live_rows
   rows = x[:live].reshape(live * t, -1)
-  if matmul.cpu_kernel and live * t <= cpu_matvec.MAX_ROWS and w.dtype == jnp.bfloat16:
+  w, tiles = p[name], p.get("tiles", {}).get(name)
+  if w.ndim == 4 or (tiles is not None and live * t <= cpu_matvec.AMX_MAX_ROWS):
+    out = cpu_matvec.amx_matmul(rows, w if w.ndim == 4 else tiles)  # rounds rows to bf16 itself
+  elif matmul.cpu_kernel and live * t <= cpu_matvec.MAX_ROWS and w.dtype == jnp.bfloat16:
     out = cpu_matvec.skinny_matmul(rows.astype(jnp.bfloat16), w)
   else:
     out = tfm._dot("xi,oi->xo", rows, w, cfg)  # pylint: disable=protected-access
-  out = out.reshape(live, t, -1)
-  return out if live == b else jnp.pad(out, ((0, b - live), (0, 0), (0, 0)))
+  return _pad_rows(out.reshape(live, t, -1), b)
+
+
+def _pad_rows(x: jax.Array, rows: int, value: float = 0.0) -> jax.Array:
+  """Filler rows (`Matmul.live_rows`) appended as `value`."""
+  return x if x.shape[0] == rows else jnp.pad(x, ((0, rows - x.shape[0]),) + ((0, 0),) * (x.ndim - 1),
+                                              constant_values=value)
 
 
 def _project_qkv(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array, rope: tuple[jax.Array, jax.Array],
@@ -255,7 +288,7 @@ def _project_qkv(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array, rope: 
   b, t, _ = x.shape
   h = tfm.rms_norm(x, p["attn_norm"], cfg.rms_eps)
   k_heads, group = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
-  qkv = _linear(cfg, h, p["qkv_proj"], matmul).reshape(b, t, k_heads, group + 2, cfg.head_dim)
+  qkv = _linear(cfg, h, p, "qkv_proj", matmul).reshape(b, t, k_heads, group + 2, cfg.head_dim)
   q = qkv[..., :group, :].reshape(b, t, cfg.num_heads, cfg.head_dim)
   return tfm._rotate_qk(cfg, p, q, qkv[..., group, :], qkv[..., group + 1, :], rope)  # pylint: disable=protected-access
 
@@ -265,9 +298,9 @@ def _residual_mlp(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array, attn_
   """`transformer._finish_block` after its output projection, with one matmul for gate and up."""
   x = x + tfm.rms_norm(attn_out, p["post_attn_norm"], cfg.rms_eps)
   h = tfm.rms_norm(x, p["ffw_norm"], cfg.rms_eps)
-  gate_up = _linear(cfg, h, p["gate_up_proj"], matmul).reshape(*x.shape[:2], cfg.mlp_dim, 2)
+  gate_up = _linear(cfg, h, p, "gate_up_proj", matmul).reshape(*x.shape[:2], cfg.mlp_dim, 2)
   hidden = jax.nn.gelu(gate_up[..., 0], approximate=True) * gate_up[..., 1]
-  return x + tfm.rms_norm(_linear(cfg, hidden, p["down_proj"], matmul), p["post_ffw_norm"], cfg.rms_eps)
+  return x + tfm.rms_norm(_linear(cfg, hidden, p, "down_proj", matmul), p["post_ffw_norm"], cfg.rms_eps)
 
 
 def _lookup(table: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -299,4 +332,22 @@ def _attend(cfg: ModelConfig, q: jax.Array, keys: jax.Array, values: jax.Array, 
 
 def logits(cfg: ModelConfig, params: DecodingParams, hidden: jax.Array, *, matmul: Matmul = Matmul()) -> jax.Array:
   """hidden f32[B, T, D] -> f32[B, T, V] through the tied embedding (as `Transformer.logits`)."""
-  return tfm.softcap(_linear(cfg, hidden, params["head"], matmul), cfg.final_logit_softcap)
+  return tfm.softcap(_linear(cfg, hidden, params, "head", matmul), cfg.final_logit_softcap)
+
+
+def next_token_logits(cfg: ModelConfig, params: DecodingParams, hidden: jax.Array, temperature: float = 1.0, *,
+                      matmul: Matmul = Matmul()) -> strategies.Logits:
+  """hidden f32[B, D] of a decode step -> `strategies.Logits` (raw logits f32[B, V] and their block summaries).
+
+  A tiled head without a final softcap (Gemma 3) runs `cpu_matvec.amx_head`: logits and summaries in one pass;
+  otherwise the logits are summarized in JAX (`strategies.summarize`). Filler rows get zero logits.
+  """
+  head = params["head"]
+  if head.ndim != 4 or cfg.final_logit_softcap is not None:
+    return strategies.summarize(logits(cfg, params, hidden[:, None], matmul=matmul)[:, 0], temperature)
+  b = hidden.shape[0]
+  live = b if matmul.live_rows is None else matmul.live_rows
+  values, block_max, block_sum, tempered_sum = cpu_matvec.amx_head(hidden[:live], head, temperature)
+  return strategies.Logits(values=_pad_rows(values, b), block_max=_pad_rows(block_max, b),
+                           block_sum=_pad_rows(block_sum, b, 1.0), tempered_sum=_pad_rows(tempered_sum, b, 1.0),
+                           temperature=temperature, block=cpu_matvec.HEAD_BLOCK)
