@@ -215,7 +215,11 @@ def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, 
                        eos_ids: Sequence[int] = (1,), pad_id: int = 0, length_multiple: int = 64,
                        stop: StopAfter | None = None, mesh: jax.sharding.Mesh | None = None,
                        ) -> tuple[SampleOutput, np.ndarray, np.ndarray, np.ndarray]:
-  """Token-level sampling: identical prompts are prefilled once; returns (output, prompt tokens, mask, row_source)."""
+  """Token-level sampling: identical prompts are prefilled once; returns (output, prompt tokens, mask, row_source).
+
+  Multi-process: every process passes the same `prompts` (each places its shards of the prompt arrays); the
+  output arrays span every process's devices: read them with `multihost.to_host` (on every process).
+  """
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
   if max_new_tokens < 1:
@@ -250,11 +254,14 @@ def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, 
   shape = (*tokens.shape, len(decode_rows), max_new_tokens)
   run_prefill = _compiled("prefill", cfg, params, mesh, rules, shape, cache_length=tokens.shape[1] + max_new_tokens,
                           matmul=matmul)
-  cache, logits, next_position = run_prefill(params, tokens, mask, decode_rows)
+  # Host inputs enter as global arrays: every process passes the same prompts and places its own shards.
+  place = lambda host, axes: host if mesh is None else multihost.global_array(host, mesh, axes, rules=rules)
+  cache, logits, next_position = run_prefill(params, place(tokens, ("batch", "length")),
+                                             place(mask, ("batch", "length")), place(decode_rows, (None,)))
   run_decode = _compiled("decode", cfg, params, mesh, rules, shape, max_new_tokens=max_new_tokens,
                          strategy=strategy, eos_ids=tuple(int(e) for e in eos_ids), pad_id=pad_id, matmul=matmul)
   stop_table = (stop or NEVER_STOP).table(cfg.vocab_size)
-  out, _ = run_decode(params, cache, logits, next_position, key, stop_table)
+  out, _ = run_decode(params, cache, logits, next_position, key, place(stop_table, (None, None)))
   if filler:
     out = jax.tree.map(lambda a: a[:1], out)
   return out, np.asarray(tokens), np.asarray(mask), row_source
