@@ -82,6 +82,9 @@ def grm(**overrides) -> ml_collections.ConfigDict:
   # Samples that show the same order share one prefill either way. (GRPO's G rollouts share one order.)
   g.num_distinct_orders = config_dict.placeholder(int)
   g.output_prefix = "Specific Criteria:"  # opens the answer so a base model starts in the asked format
+  # Bytes per device a sampling call may plan for: its B x k rows run in row chunks that fit (None = half the
+  # memory free at the call; spct_jax/sampling_memory.py). A row that cannot fit fails naming its item.
+  g.memory_budget_bytes = config_dict.placeholder(int)
   g.stop_after_scores = True  # end a sample at the `}` closing the \\boxed{..} after "Scores:"
   # Worked synthetic examples before the task (~1k prompt tokens each with Gemma's tokenizer): an untrained base
   # model needs them to answer in format at all.
@@ -137,5 +140,16 @@ def voting_eval(**overrides) -> ml_collections.ConfigDict:
   e.temperature = config_dict.placeholder(float)  # None: grm.temperature
   e.nested_k = True  # draw max(ks) once, vote over prefixes (consistent, k_max / sum(ks) of the cost)
   e.batch_size = 8  # items per kernel call (rows = batch_size * k)
+  e.update(overrides)
+  return e
+
+
+def binary_eval(**overrides) -> ml_collections.ConfigDict:
+  """One `config.evals.<name>` entry of the meta RM's held-out evaluator (spct_jax.evaluators.binary.BinarySpec)."""
+  e = ml_collections.ConfigDict()
+  e.type = "binary"
+  e.every = 0  # every N steps and at the last step (0 = never)
+  e.batch_size = 32  # rows per scoring forward
+  e.num_bins = 10  # equal-width bins of the expected calibration error
   e.update(overrides)
   return e

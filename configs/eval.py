@@ -4,6 +4,7 @@
   python -m spct_jax.main --config=configs/eval.py:smoke            # tiny random model, synthetic items (CI)
   python -m spct_jax.main --config=configs/eval.py:rmb_bon          # RMB best-of-N
   python -m spct_jax.main --config=configs/eval.py:full --config.model.name=/path/to/trained_grm
+  python -m spct_jax.main --config=configs/eval.py --config.meta_rm.path=runs/meta_rm/meta_rm   # + MetaRM@k
 
 Variants (`get_config(arg)`, big_vision style; the part after ':'), combinable with commas (`smoke,rmb_bon`: the
 smoke model on RMB best-of-N):
@@ -14,7 +15,8 @@ smoke model on RMB best-of-N):
   rmb_bon   RMB best-of-N (best + 2..6 losers in one prompt; correct iff the best scores strictly highest).
   full      every dataset with a reader, 200 items each, 512 new tokens, voting up to k=8, zero-shot (for a
             trained GRM: set model.name): accelerator scale (GPU / TPU); on CPU expect hours.
-Both accuracy rules are reported everywhere: accuracy_strict (Eq. 10, a tie is wrong) and accuracy_tie_random
+With `meta_rm.path` (a meta_rm run's `<workdir>/meta_rm`) every k gets metarm@k beside voting@k, from the same
+samples. Both accuracy rules are reported everywhere: accuracy_strict (Eq. 10, a tie is wrong) and accuracy_tie_random
 (the paper's evaluation rule, ties broken at random), with accuracy_tie_expected and parse_rate.
 """
 
@@ -56,6 +58,11 @@ def get_config(arg: str | None = None):
 
   c.evals = common.ml_collections.ConfigDict()
   c.evals.voting = common.voting_eval(greedy=True, ks=(1, 2, 4))  # run on each of data.names
+
+  c.meta_rm = common.ml_collections.ConfigDict()  # MetaRM@k beside Voting@k (spct_jax.meta_rm)
+  c.meta_rm.path = common.config_dict.placeholder(str)  # a meta_rm.save_meta_rm folder; None = voting only
+  c.meta_rm.k_meta = common.config_dict.placeholder(int)  # samples kept: None = k // 2 per k; m = min(m, k)
+  c.meta_rm.batch_size = common.config_dict.placeholder(int)  # rows per meta-RM forward; None = a whole batch
 
   c.output = common.ml_collections.ConfigDict()  # file names under the workdir (written by process 0 only)
   c.output.results = "results.json"

@@ -294,7 +294,7 @@ class MetaRMScorer:
       tokens, mask = batch["tokens"][rows], batch["attention_mask"][rows]
       if self.mesh is not None:
         sharding = shd.activation_sharding(tokens.shape, ("batch", "length"), self.mesh, self.rules)
-        tokens, mask = jax.device_put(tokens, sharding), jax.device_put(mask, sharding)
+        tokens, mask = multihost.host_to_global(tokens, sharding), multihost.host_to_global(mask, sharding)
       logits.append(_forward(graphdef, state, tokens, mask))
     return np.concatenate([np.asarray(x, np.float32) for x in multihost.to_host(logits)])[:n]
 

@@ -12,7 +12,7 @@ The rules the code base follows, each through one helper here:
   Shapes other than the rows must agree across processes (pad to a fixed length, or to `agree_max`).
 - Device results out. `to_host`: every host read of a device result; arrays that span other processes' devices
   are gathered (`process_allgather`), so every process gets the whole value. A collective: every process calls it.
-- Agreement. `any_process` / `all_processes` / `agree_max`: one small all-gather of host scalars.
+- Agreement. `any_process` / `all_processes` / `agree_max` / `agree_min`: one small all-gather of host scalars.
 - Files. `is_main_process`: process 0 writes metrics, results and the workdir lock; checkpoints are collective.
 
 With one process every helper is the identity (or `jax.device_get`), so single-process code paths are unchanged.
@@ -89,6 +89,11 @@ def all_processes(flag: bool) -> bool:
 def agree_max(value: int) -> int:
   """The largest `value` over processes, e.g. a padding length every process must use (a collective)."""
   return int(_gathered(int(value), np.int64).max())
+
+
+def agree_min(value: int) -> int:
+  """The smallest `value` over processes, e.g. a memory budget every process must plan with (a collective)."""
+  return int(_gathered(int(value), np.int64).min())
 
 
 def sum_over_processes(value: int) -> int:

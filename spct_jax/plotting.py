@@ -9,13 +9,16 @@ from spct_jax import files
 
 PANELS = (("accuracy_tie_expected", "paper rule (random tie-break, expected)"),
           ("accuracy_strict", "strict rule, Eq. 10 (ties wrong)"))
+CURVES = (("voting", "o-"), ("metarm", "s--"))  # run-name prefix ("voting@<k>", "metarm@<k>") and line style
 
 
 def plot_accuracy_vs_k(datasets: dict[str, Any], path: str | os.PathLike, *, title: str = ""):
-  """Writes a PNG: per dataset, voting accuracy against k (log2 axis); greedy as a dashed line of the same colour.
+  """Writes a PNG: per dataset, voting@k and metarm@k accuracy against k (log2 axis; solid circles and dashed
+  squares of one colour); greedy as a thin dashed horizontal line of that colour.
 
   Args:
-    datasets: results["datasets"]: name -> {"runs": {"greedy" | "k=<k>": {"k": k, "overall": {...}}}}.
+    datasets: results["datasets"]: name -> {"runs": {"greedy" | "voting@<k>" | "metarm@<k>": {"k": k,
+      "overall": {...}}}}.
     path: the PNG to write (atomically).
     title: figure title.
   """
@@ -31,12 +34,13 @@ def plot_accuracy_vs_k(datasets: dict[str, Any], path: str | os.PathLike, *, tit
     for i, (name, info) in enumerate(datasets.items()):
       color = f"C{i % 10}"
       runs = info["runs"]
-      points = sorted((run["k"], run["overall"][metric]) for key, run in runs.items()
-                      if key != "greedy" and run["overall"][metric] is not None)
-      if points:
-        ks, values = zip(*points)
-        ax.plot(ks, [100 * v for v in values], "o-", color=color, label=f"{name} voting@k")
-        shown += values
+      for curve, style in CURVES:
+        points = sorted((run["k"], run["overall"][metric]) for key, run in runs.items()
+                        if key.startswith(f"{curve}@") and run["overall"][metric] is not None)
+        if points:
+          ks, values = zip(*points)
+          ax.plot(ks, [100 * v for v in values], style, color=color, label=f"{name} {curve}@k")
+          shown += values
       greedy = runs.get("greedy", {}).get("overall", {}).get(metric)
       if greedy is not None:
         ax.axhline(100 * greedy, color=color, linestyle="--", linewidth=1, label=f"{name} greedy")

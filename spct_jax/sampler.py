@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from spct_jax import multihost
+from spct_jax import multihost, sampling_memory
 from spct_jax.kernels import cpu_matvec
 from spct_jax.model import decoding
 from spct_jax.model.config import ModelConfig
@@ -70,7 +70,7 @@ def prefill(cfg: ModelConfig, params: decoding.DecodingParams, prompt_tokens: ja
 
 
 def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.LayerCache, logits: jax.Array,
-           next_position: jax.Array, key: jax.Array, stop_table: jax.Array, *,
+           next_position: jax.Array, key: jax.Array, row_ids: jax.Array, stop_table: jax.Array, *,
            max_new_tokens: int, strategy, eos_ids: tuple[int, ...], pad_id: int,
            matmul: decoding.Matmul = decoding.Matmul()) -> tuple[SampleOutput, decoding.LayerCache]:
   """Samples up to `max_new_tokens` per row with a `lax.while_loop`; the donated cache is updated in place.
@@ -81,8 +81,10 @@ def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.La
   stop_table: int[V, S] a `StopAfter` automaton's transitions (`NEVER_STOP`: EOS and max_new_tokens only); each
   row carries its state (0 at the start) and stops on the token that reaches state S - 1.
 
-  Token s is drawn with fold_in(key, s): results depend only on the seed and the shapes. The loop exits early once
-  every row has produced an EOS; with `matmul.live_rows`, once the live rows have (filler rows never finish).
+  Token s of row r is drawn with fold_in(fold_in(key, s), row_ids[r]) (row_ids: int32[R], each row's index in the
+  whole request): a row's draws do not depend on the other rows, so a request split into row chunks samples what
+  it would in one call. The loop exits early once every row has produced an EOS; with `matmul.live_rows`, once
+  the live rows have (filler rows never finish).
   """
   rows = logits.shape[0]
   live = rows if matmul.live_rows is None else matmul.live_rows
@@ -92,7 +94,8 @@ def decode(cfg: ModelConfig, params: decoding.DecodingParams, cache: decoding.La
     """Token s of every row from its logits; finished rows emit padding."""
     out, done, lengths, stop_state = state
     log_z = log_normalizer(logits)
-    token, logp = strategy.sample(jax.random.fold_in(key, s), logits, log_z)
+    row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.fold_in(key, s), row_ids)
+    token, logp = strategy.sample(row_keys, logits, log_z)
     model_logp = jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0] - log_z
     token = jnp.where(done, pad_id, token)
     put = lambda buf, val: jax.lax.dynamic_update_slice(buf, val[:, None].astype(buf.dtype), (0, s))
@@ -164,7 +167,7 @@ def _compiled(kind: str, cfg: ModelConfig, params: decoding.DecodingParams, mesh
       out_sh = SampleOutput(tokens=per_token, logps=per_token, model_logps=per_token, lengths=rows, done=rows)
       stop_table = named((cfg.vocab_size, 2), (None, None))  # replicated, whatever its number of states
       jitted = jax.jit(fn, donate_argnums=donate, out_shardings=(out_sh, cache_sh),
-                       in_shardings=(params_sh, cache_sh, rows_vocab, rows, named((), ()), stop_table))
+                       in_shardings=(params_sh, cache_sh, rows_vocab, rows, named((), ()), rows, stop_table))
   _COMPILED[key] = jitted
   return jitted
 
@@ -214,11 +217,19 @@ def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, 
                        num_samples: int = 1, strategy=Greedy(), seed: int | jax.Array = 0,
                        eos_ids: Sequence[int] = (1,), pad_id: int = 0, length_multiple: int = 64,
                        stop: StopAfter | None = None, mesh: jax.sharding.Mesh | None = None,
+                       memory_budget_bytes: int | None = None,
                        ) -> tuple[SampleOutput, np.ndarray, np.ndarray, np.ndarray]:
   """Token-level sampling: identical prompts are prefilled once; returns (output, prompt tokens, mask, row_source).
 
-  Multi-process: every process passes the same `prompts` (each places its shards of the prompt arrays); the
-  output arrays span every process's devices: read them with `multihost.to_host` (on every process).
+  The rows run in chunks of contiguous rows whose estimated footprint fits `memory_budget_bytes` per device
+  (`sampling_memory`; None = `sampling_memory.default_budget_bytes()`, a share of the memory free now). Each chunk
+  prefills its rows' prompts at the request's padded length and draws every row's tokens from the row's own keys,
+  so the output is the same however the rows are chunked. A request whose longest row alone does not fit raises
+  `sampling_memory.RowsDoNotFit` before any work.
+
+  Multi-process: every process passes the same `prompts` (each places its shards of the prompt arrays; the budget
+  is the smallest over processes, so all run the same chunks); the output arrays span every process's devices:
+  read them with `multihost.to_host` (on every process).
   """
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -238,33 +249,52 @@ def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, 
   row_source = np.repeat(np.asarray(prompt_rows, np.int32), num_samples)
   tokens, mask = left_pad(list(distinct), pad_id, multiple=length_multiple,
                           max_length=cfg.max_seq_len - max_new_tokens)
-  params = decoding.decoding_params(model)
+  budget = sampling_memory.default_budget_bytes() if memory_budget_bytes is None else memory_budget_bytes
+  budget = multihost.agree_min(budget)  # free memory differs between hosts; the chunks (programs) must not
+  shards = 1 if mesh is None else mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+  chunks = sampling_memory.row_chunks(cfg, row_source, [len(p) for p in prompts], tokens.shape[1], max_new_tokens,
+                                      budget, shards=shards)
+  key = jax.random.key(seed) if isinstance(seed, int) else seed
+  if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)  # a raw uint32 key
+  run = functools.partial(_sample_rows, cfg, decoding.decoding_params(model), tokens, mask, key, mesh=mesh,
+                          max_new_tokens=max_new_tokens, strategy=strategy, eos_ids=tuple(int(e) for e in eos_ids),
+                          pad_id=pad_id, stop=stop)
+  outs = [run(row_source[chunk], np.arange(chunk.start, chunk.stop, dtype=np.int32)) for chunk in chunks]
+  out = outs[0] if len(outs) == 1 else jax.tree.map(lambda *parts: jnp.concatenate(parts), *outs)
+  return out, np.asarray(tokens), np.asarray(mask), row_source
+
+
+def _sample_rows(cfg: ModelConfig, params: decoding.DecodingParams, tokens: np.ndarray, mask: np.ndarray,
+                 key: jax.Array, row_source: np.ndarray, row_ids: np.ndarray, *, mesh, max_new_tokens: int,
+                 strategy, eos_ids: tuple[int, ...], pad_id: int, stop: StopAfter | None) -> SampleOutput:
+  """Prefill of the prompts rows `row_ids` continue (row_source[r] indexes `tokens`), then their decode loop."""
+  prompts, local_source = np.unique(row_source, return_inverse=True)
+  local_source = local_source.astype(np.int32)
   # A single row leaves size-1 dimensions that XLA:CPU folds into reshapes fused with the cache update (which then
   # copies the cache every step): decode one filler row (its matmuls are skipped, see `decoding.Matmul`) and drop it.
-  filler = len(row_source) == 1
-  decode_rows = np.repeat(row_source, 2) if filler else row_source
+  filler = len(local_source) == 1
+  decode_rows, row_ids = (np.repeat(local_source, 2), np.repeat(row_ids, 2)) if filler else (local_source, row_ids)
   matmul = decoding.Matmul(
       cpu_kernel=mesh is None and cfg.compute_jnp_dtype == jnp.bfloat16 and cpu_matvec.enabled(),
       live_rows=1 if filler else None)
-  key = jax.random.key(seed) if isinstance(seed, int) else seed
   rules = None
   if mesh is not None:
     from spct_jax import sharding  # pylint: disable=g-import-not-at-top
     rules = sharding.DEFAULT_RULES
-  shape = (*tokens.shape, len(decode_rows), max_new_tokens)
+  shape = (len(prompts), tokens.shape[1], len(decode_rows), max_new_tokens)
   run_prefill = _compiled("prefill", cfg, params, mesh, rules, shape, cache_length=tokens.shape[1] + max_new_tokens,
                           matmul=matmul)
   # Host inputs enter as global arrays: every process passes the same prompts and places its own shards.
   place = lambda host, axes: host if mesh is None else multihost.global_array(host, mesh, axes, rules=rules)
-  cache, logits, next_position = run_prefill(params, place(tokens, ("batch", "length")),
-                                             place(mask, ("batch", "length")), place(decode_rows, (None,)))
+  cache, logits, next_position = run_prefill(params, place(tokens[prompts], ("batch", "length")),
+                                             place(mask[prompts], ("batch", "length")), place(decode_rows, (None,)))
   run_decode = _compiled("decode", cfg, params, mesh, rules, shape, max_new_tokens=max_new_tokens,
-                         strategy=strategy, eos_ids=tuple(int(e) for e in eos_ids), pad_id=pad_id, matmul=matmul)
+                         strategy=strategy, eos_ids=eos_ids, pad_id=pad_id, matmul=matmul)
   stop_table = (stop or NEVER_STOP).table(cfg.vocab_size)
-  out, _ = run_decode(params, cache, logits, next_position, key, place(stop_table, (None, None)))
-  if filler:
-    out = jax.tree.map(lambda a: a[:1], out)
-  return out, np.asarray(tokens), np.asarray(mask), row_source
+  out, _ = run_decode(params, cache, logits, next_position, key, place(row_ids, (None,)),
+                      place(stop_table, (None, None)))
+  return jax.tree.map(lambda a: a[:1], out) if filler else out
 
 
 def generate(model: Transformer, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, num_samples: int = 1,

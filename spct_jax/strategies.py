@@ -1,8 +1,8 @@
 """How a decode step picks each row's next token from its logits: greedy, or temperature / top-k / top-p sampling.
 
 A strategy is a small frozen dataclass with `sample(key, logits, log_z) -> (tokens, log-probs under the sampling
-distribution)`; the sampler's decode loop (`sampler.decode`) calls it once per step, with the raw logits' log-normalizer
-(`log_normalizer`) computed once and shared with the raw-model log-prob.
+distribution)` (key: one per row, or one for all); the sampler's decode loop (`sampler.decode`) calls it once per
+step, with the raw logits' log-normalizer (`log_normalizer`) computed once and shared with the raw-model log-prob.
 """
 
 from __future__ import annotations
@@ -79,6 +79,9 @@ class Sampling:
 def sample_categorical(key: jax.Array, log_probs: jax.Array, block: int = 512) -> jax.Array:
   """Exact draw from each row of `log_probs` f32[R, V] by inverting the CDF: int32[R].
 
+  `key`: one typed key per row (key[R]: each row's draw independent of the others, as the sampler passes them) or
+  a single key for all rows.
+
   One uniform per row instead of `jax.random.categorical`'s V Gumbel draws: with Gemma's 262k vocabulary the
   Gumbel noise alone took ~135 ms per decode step for 32 rows on a CPU; this takes a few ms. The CDF is searched
   in two levels (block masses, then one block) so no length-V scan runs. Tokens of probability 0 are never drawn.
@@ -90,7 +93,9 @@ def sample_categorical(key: jax.Array, log_probs: jax.Array, block: int = 512) -
   block_cdf = jnp.cumsum(jnp.sum(blocks, axis=-1), axis=-1)  # [R, nb]
   total = block_cdf[:, -1]
   # u < total strictly, so some block's CDF exceeds it; the first such block has positive mass.
-  u = jnp.minimum(jax.random.uniform(key, (rows,)) * total, total * (1 - 1e-6))
+  per_row = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == (rows,)
+  uniform = jax.vmap(jax.random.uniform)(key) if per_row else jax.random.uniform(key, (rows,))
+  u = jnp.minimum(uniform * total, total * (1 - 1e-6))
   b = jnp.argmax(block_cdf > u[:, None], axis=-1)
   before = jnp.where(b > 0, jnp.take_along_axis(block_cdf, jnp.maximum(b - 1, 0)[:, None], axis=-1)[:, 0], 0.0)
   within_cdf = jnp.cumsum(jnp.take_along_axis(blocks, b[:, None, None], axis=1)[:, 0], axis=-1)  # [R, block]

@@ -53,6 +53,7 @@ seen["sequences"] = multihost.gather_sequences(mine, 8, mesh)
 seen["any"] = multihost.any_process(me == 1)
 seen["all"] = multihost.all_processes(me == 1)
 seen["max"] = multihost.agree_max(10 + me)
+seen["min"] = multihost.agree_min(10 + me)
 
 try:
   multihost.global_array(everything[:3], mesh, global_rows=8)

@@ -118,7 +118,8 @@ def test_grm_score_on_a_string_query_parses_unshuffles_and_votes(model, tok):
   """The prefix opens the answer with `\\boxed{7, 3}`, so each sample's scores are known in SHOWN order; the
   result must give them back in the original order and sum them over samples (Eq. 14)."""
   prefix = "Scores: \\boxed{7, 3}\n"
-  grm = spct_jax.GRM(model, tok, max_new_tokens=6, output_prefix=prefix, num_distinct_orders=2)
+  grm = spct_jax.GRM(model, tok, max_new_tokens=6, output_prefix=prefix, num_distinct_orders=2,
+                     stop_after_scores=False)  # the prefix already holds the scores: nothing left to stop at
   responses = ["Paris.", "Lyon, I think."]
   result = grm.score("What is the capital of France?", responses, k=4)
   assert len({tuple(p) for p in result.perms[0]}) == 2, "both orders were shown"

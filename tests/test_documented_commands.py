@@ -5,6 +5,8 @@ tables below (the documented flags first, then the table's: later flags win), so
 docs is still run, and a new config spec fails here until it has a smoke form.
   * a bare command on the real model (no --config.* overrides): the real model, tiny steps (slow);
   * any other command: its config's smoke variant with the command's own overrides on top.
+A command that reads another run's output (`PREPARE`: e.g. eval with `--config.meta_rm.path=`) first gets that run,
+in its smoke form, in a folder of its own, and the flag is pointed at what it wrote.
 """
 
 import json
@@ -26,6 +28,13 @@ REAL = {  # spec -> overrides that keep the real-model run to one short step / o
                         "--config.grm.max_new_tokens=4", "--config.evals.heldout.every=0"],
     "configs/eval.py": ["--config.data.max_items=1", "--config.evals.voting.ks=(1,)",
                         "--config.grm.max_new_tokens=4"],
+    # 2 items x 2 samples of the real GRM (4 tokens: unparseable, all labelled wrong, hence balance=none), one step
+    # on the real backbone, one held-out evaluation.
+    "configs/meta_rm.py": ["--config.data.trajectories_dir=", "--config.fresh.grm=gemma3-270m",
+                           "--config.fresh.num_items=2", "--config.fresh.k=2", "--config.fresh.num_shards=1",
+                           "--config.grm.max_new_tokens=4", "--config.data.heldout_fraction=0.5",
+                           "--config.meta_rm.balance=none", "--config.total_steps=1", "--config.batch_size=2",
+                           "--config.evals.heldout.every=1"],
 }
 SMOKE = {  # spec -> (the spec that stands in for it, overrides appended)
     "configs/grpo.py": ("configs/grpo.py:smoke", ["--config.total_steps=2"]),
@@ -38,6 +47,15 @@ SMOKE = {  # spec -> (the spec that stands in for it, overrides appended)
     "configs/eval.py:full": ("configs/eval.py:smoke,full", [
         "--config.model.name=tiny-gemma3", "--config.data.max_items=1", "--config.grm.max_new_tokens=4",
         "--config.evals.voting.ks=(1,2)"]),
+    "configs/meta_rm.py": ("configs/meta_rm.py:smoke", ["--config.model.name=tiny-gemma3",
+                                                        "--config.data.trajectories_dir=",
+                                                        "--config.fresh.grm=synthetic", "--config.fresh.num_items=16"]),
+    "configs/meta_rm.py:smoke": ("configs/meta_rm.py:smoke", []),
+    "configs/meta_rm.py:full": ("configs/meta_rm.py:smoke,full", ["--config.model.name=tiny-gemma3",
+                                                                  "--config.total_steps=2"]),
+}
+PREPARE = {  # flag -> (the run that makes what it reads, in its smoke form; the path below that run's workdir)
+    "--config.meta_rm.path": (["--config=configs/meta_rm.py:smoke"], "meta_rm"),
 }
 
 
@@ -88,19 +106,46 @@ def _params():
 
 def test_the_documents_show_the_commands_this_test_expects():
   specs = {_spec(argv)[0] for _, argv in documented_commands()}
-  assert {"configs/grpo.py", "configs/grpo.py:smoke", "configs/eval.py", "configs/eval.py:smoke"} <= specs
+  assert {"configs/grpo.py", "configs/grpo.py:smoke", "configs/eval.py", "configs/eval.py:smoke",
+          "configs/meta_rm.py", "configs/meta_rm.py:smoke"} <= specs
   first = [argv for where, argv in documented_commands() if where == "README.md"][0]
   assert first == ["--config=configs/grpo.py"]  # the README's first command line
 
 
-@pytest.mark.parametrize("argv, run_argv", _params())
-def test_documented_command_runs(tmp_path, argv, run_argv):
+def _main(argv, workdir):
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)  # one device, like a user's run
-  result = subprocess.run([sys.executable, "-m", "spct_jax.main", *run_argv, f"--workdir={tmp_path}"], cwd=REPO,
-                          env=env, capture_output=True, timeout=1500)
-  assert result.returncode == 0, f"{argv} ran as {run_argv}:\n{result.stderr.decode()[-4000:]}"
-  if _spec(run_argv)[0].startswith("configs/grpo.py"):
+  result = subprocess.run([sys.executable, "-m", "spct_jax.main", *argv, f"--workdir={workdir}"], cwd=REPO, env=env,
+                          capture_output=True, timeout=1500)
+  return result.returncode, result.stderr.decode()[-4000:]
+
+
+def prepared(run_argv, folder) -> list[str]:
+  """`run_argv` with each `PREPARE` flag pointed at the output of its run (made here, under `folder`)."""
+  out = []
+  for arg in run_argv:
+    flag = arg.split("=", 1)[0]
+    if flag in PREPARE:
+      first, below = PREPARE[flag]
+      code, stderr = _main(first, folder / "prepare")
+      assert code == 0, f"{first} (to make {flag}) failed:\n{stderr}"
+      arg = f"{flag}={folder / 'prepare' / below}"
+    out.append(arg)
+  return out
+
+
+@pytest.mark.parametrize("argv, run_argv", _params())
+def test_documented_command_runs(tmp_path, argv, run_argv):
+  run_argv = prepared(run_argv, tmp_path)
+  tmp_path = tmp_path / "run"
+  code, stderr = _main(run_argv, tmp_path)
+  assert code == 0, f"{argv} ran as {run_argv}:\n{stderr}"
+  spec = _spec(run_argv)[0]
+  if spec.startswith("configs/meta_rm.py"):
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines and all(line["params_finite"] == 1.0 for line in lines) and "heldout/log_loss" in lines[-1]
+    assert (tmp_path / "meta_rm" / "meta_rm.json").is_file()
+  elif spec.startswith("configs/grpo.py"):
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert lines and all(line["params_finite"] == 1.0 for line in lines)
   else:
@@ -108,3 +153,5 @@ def test_documented_command_runs(tmp_path, argv, run_argv):
     for info in results["datasets"].values():
       assert all({"accuracy_strict", "accuracy_tie_random", "parse_rate"} <= set(run["overall"])
                  for run in info["runs"].values())
+      if any(arg.startswith("--config.meta_rm.path=") for arg in run_argv):
+        assert {f"metarm@{k}" for k in results["config"]["evals"]["voting"]["ks"]} <= set(info["runs"])

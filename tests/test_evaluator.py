@@ -91,13 +91,13 @@ def test_evaluator_from_config_reports_both_rules_and_parse_rate(monkeypatch):
                                      skipped={"too_long": 2})
   assert evaluator.every == 5
   out = evaluator(model=None)
-  for run in ("greedy", "k=2"):
+  for run in ("greedy", "voting@2"):
     assert out[f"{run}/accuracy_strict"] == pytest.approx(2 / 6)  # a1, a2
     assert out[f"{run}/parse_rate"] == pytest.approx(5 / 6)  # f1's samples never parse
     # Ties broken at random: a1, a2 always right, w1 always wrong, t1 / t2 / f1 coin flips.
     assert out[f"{run}/accuracy_tie_random"] in {(2 + j) / 6 for j in range(4)}
   assert out["items"] == 6 and out["skipped_too_long"] == 2
-  assert set(out) == {f"{run}/{m}" for run in ("greedy", "k=2") for m in metrics.HEADLINE} | {
+  assert set(out) == {f"{run}/{m}" for run in ("greedy", "voting@2") for m in metrics.HEADLINE} | {
       "items", "skipped_too_long"}
   assert evaluator(model=None) == out  # deterministic given the seed
 
@@ -134,3 +134,61 @@ def test_bad_specs_name_the_entry():
   spec = evaluators.spec_from_config({"type": "voting", "greedy": False, "ks": ()}, "x")
   with pytest.raises(ValueError, match="nothing to evaluate"):
     voting.VotingEvaluator(spec, items=_items(), tokenizer=None, options=GRMOptions(), name="x")
+
+
+class AlternatingGRM(GRM):
+  """Sample s of every item (of k = 4) is right for even s (the best response 9, the other 2), wrong for odd s."""
+
+  k = 4
+
+  def __init__(self, model=None, tokenizer=None, **options):
+    super().__init__(model=None, tokenizer=None, **options)
+
+  def generate_texts(self, prompts, strategy, seed):
+    texts = []
+    for row, prompt in enumerate(prompts):
+      shown = re.findall(r"\[The Begin of Response \d+\]\n(.*?)\n\[The End", prompt, flags=re.S)
+      right = row % self.k % 2 == 0
+      scores = [9 if ("good" in r) == right else 2 for r in shown]
+      texts.append(" ...\nScores: \\boxed{" + ", ".join(map(str, scores)) + "}")
+    return texts
+
+
+def _pairs():
+  return [_item(f"p{i}", "c", [f"good {i}", f"bad {i}"][::1 if i % 2 else -1], [1, 0][::1 if i % 2 else -1])
+          for i in range(5)]
+
+
+@pytest.mark.parametrize("prefer, expected", [("even", 1.0), ("odd", 0.0)])
+def test_metarm_at_k_votes_over_exactly_the_top_k_meta_samples(monkeypatch, prefer, expected):
+  """Voting@4 over 2 right + 2 wrong samples ties; MetaRM@4 (k_meta=2) keeps the two the scripted meta scorer ranks
+  highest: all right or all wrong. The scorer sees every batch's B x k trajectories in one call."""
+  monkeypatch.setattr(voting, "MeasuredGRM", AlternatingGRM)
+  calls = []
+
+  def meta_scorer(items, texts, perms):
+    calls.append((len(items), [len(t) for t in texts], perms.shape))
+    parity = 0 if prefer == "even" else 1
+    return np.tile([1.0 if s % 2 == parity else -1.0 for s in range(4)], (len(items), 1))
+
+  spec = evaluators.spec_from_config(dict(type="voting", greedy=False, ks=(2, 4), temperature=0.5, batch_size=3), "heldout")
+  evaluator = voting.VotingEvaluator(spec, items=_pairs(), tokenizer=None, options=GRMOptions(), name="heldout",
+                                     meta_rm=meta_scorer)
+  runs = evaluator.evaluate(model=None).runs
+  assert list(runs) == ["voting@2", "metarm@2", "voting@4", "metarm@4"]
+  assert calls == [(3, [4, 4, 4], (3, 4, 2)), (2, [4, 4], (2, 4, 2))]  # one sampling of k=4, one call per batch
+  for k in (2, 4):
+    assert runs[f"voting@{k}"]["overall"]["accuracy_strict"] == 0.0  # 9+2 vs 2+9: a tie
+    assert runs[f"voting@{k}"]["overall"]["accuracy_tie_expected"] == 0.5
+  assert runs["metarm@4"]["k_meta"] == 2 and runs["metarm@2"]["k_meta"] == 1
+  for k in (2, 4):  # k_meta = k // 2 samples of one parity
+    assert runs[f"metarm@{k}"]["overall"]["accuracy_strict"] == expected
+    assert runs[f"metarm@{k}"]["overall"]["parse_rate"] == 1.0  # of all k samples, not only the kept ones
+  # k_meta = k keeps every sample: MetaRM@k is Voting@k, metric for metric.
+  full = voting.VotingEvaluator(spec, items=_pairs(), tokenizer=None, options=GRMOptions(), name="heldout",
+                                meta_rm=meta_scorer, k_meta=4).evaluate(model=None).runs
+  for k in (2, 4):
+    assert full[f"metarm@{k}"]["k_meta"] == k
+    assert {key: v for key, v in full[f"metarm@{k}"].items() if key != "k_meta"} == full[f"voting@{k}"]
+  with pytest.raises(ValueError, match="k_meta=2 needs a meta RM"):
+    voting.VotingEvaluator(spec, items=_pairs(), tokenizer=None, options=GRMOptions(), name="x", k_meta=2)

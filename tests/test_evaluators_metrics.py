@@ -16,7 +16,7 @@ def _run(helpful, harmless, metric):
 
 def test_rmb_summary_four_cells_and_their_mean():
   datasets = {
-      "rmb_pairwise": {"runs": {"greedy": _run(0.80, 0.60, "accuracy_tie_random"), "k=4": _run(0.70, 0.50, "accuracy_tie_random")}},
+      "rmb_pairwise": {"runs": {"greedy": _run(0.80, 0.60, "accuracy_tie_random"), "voting@4": _run(0.70, 0.50, "accuracy_tie_random")}},
       "rmb_bon": {"runs": {"greedy": _run(0.40, 0.20, "accuracy_strict")}},
       "llmbar": {"runs": {"greedy": {"by_subset": {}}}},
   }
@@ -25,8 +25,8 @@ def test_rmb_summary_four_cells_and_their_mean():
                                              "Harmlessness/pairwise": 0.60, "Harmlessness/bon": 0.20,
                                              "mean": (0.80 + 0.40 + 0.60 + 0.20) / 4})
   # A run without best-of-N reports the cells it has and no mean.
-  assert summary["k=4"]["Helpfulness/pairwise"] == 0.70 and summary["k=4"]["Helpfulness/bon"] is None
-  assert summary["k=4"]["mean"] is None
+  assert summary["voting@4"]["Helpfulness/pairwise"] == 0.70 and summary["voting@4"]["Helpfulness/bon"] is None
+  assert summary["voting@4"]["mean"] is None
   # The metric per set is a choice: strict everywhere reads the other field.
   strict = metrics.rmb_summary(datasets, pairwise_metric="accuracy_strict")
   assert strict["greedy"]["Helpfulness/pairwise"] == -1.0 and strict["greedy"]["Harmlessness/bon"] == 0.20

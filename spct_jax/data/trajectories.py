@@ -134,7 +134,7 @@ class TrajectoryWriter:
     for stale in self.directory.glob(f".{path.name}.*.tmp"):  # left by a killed run; this shard is ours alone
       stale.unlink()
     with files.atomic_path(path) as tmp:
-      writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")  # TFDS's option: one record per chunk
+      writer = array_record_module.ArrayRecordWriter(os.fspath(tmp), "group_size:1")  # TFDS's option: one record per chunk
       try:
         for t in trajectories:
           writer.write(serialize(t))

@@ -1,16 +1,18 @@
 """Evaluators declared in configs (`config.evals.<name> = dict(type=..., ...)`) and built by one `from_config`.
 
 The eval experiment and every trainer's periodic evaluation build theirs here, so the metrics (names and rules)
-are the same everywhere. Types: "voting" (`voting.VotingEvaluator`: held-out greedy / voting@k accuracy).
+are the same everywhere. Types: "voting" (`voting.VotingEvaluator`: held-out greedy / voting@k / metarm@k accuracy
+of a GRM) and "binary" (`binary.BinaryEvaluator`: AUC, accuracy, calibration error and log loss of a meta RM).
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+from spct_jax.evaluators.binary import BinaryEvaluator, BinarySpec
 from spct_jax.evaluators.voting import VotingEvaluator, VotingSpec
 
-EVALUATORS = {"voting": (VotingSpec, VotingEvaluator)}
+EVALUATORS = {"voting": (VotingSpec, VotingEvaluator), "binary": (BinarySpec, BinaryEvaluator)}
 
 
 def spec_from_config(spec: Mapping[str, Any], name: str = "eval"):
@@ -24,10 +26,12 @@ def spec_from_config(spec: Mapping[str, Any], name: str = "eval"):
     raise ValueError(f"config.evals.{name}: {e}") from e
 
 
-def from_config(spec: Mapping[str, Any], *, name: str, **kwargs) -> VotingEvaluator:
-  """Builds the evaluator of `config.evals.<name>`; kwargs are the run's pieces (items, tokenizer, options, ...)."""
+def from_config(spec: Mapping[str, Any], *, name: str, **kwargs) -> VotingEvaluator | BinaryEvaluator:
+  """Builds the evaluator of `config.evals.<name>`; kwargs are the run's pieces (voting: items, tokenizer, options,
+  ...; binary: examples, tokenizer, ...)."""
   typed = spec_from_config(spec, name)
   return EVALUATORS[typed.type][1](typed, name=name, **kwargs)
 
 
-__all__ = ["EVALUATORS", "VotingEvaluator", "VotingSpec", "from_config", "spec_from_config"]
+__all__ = ["EVALUATORS", "BinaryEvaluator", "BinarySpec", "VotingEvaluator", "VotingSpec", "from_config",
+           "spec_from_config"]

@@ -46,19 +46,22 @@ def prefix_vote(sample_scores: np.ndarray, valid: np.ndarray, k: int) -> np.ndar
 
 def item_metrics(voted: np.ndarray, ratings: np.ndarray, response_mask: np.ndarray, valid: np.ndarray,
                  key: jax.Array, gen_tokens: np.ndarray | None = None,
-                 gen_chars: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                 gen_chars: np.ndarray | None = None, votes: np.ndarray | None = None) -> dict[str, np.ndarray]:
   """Per-item metrics (float64[B] each; see the module docstring).
 
   Args:
     voted: [B, n] voted scores in the original response order.
     ratings: [B, n] ground-truth ratings (padding anywhere the mask is False).
     response_mask: bool[B, n] real responses.
-    valid: bool[B, k] parseable samples among those that voted (their count divides n = 1 items' votes).
+    valid: bool[B, k] parseable samples (the parse rate).
     key: PRNG key of the random tie-breaks.
     gen_tokens, gen_chars: [B, k] generated lengths; None: reported as NaN.
+    votes: bool[B, k] the samples that voted (their count divides n = 1 items' votes); None: every valid one
+      (meta-RM guided voting passes the k_meta it kept).
   """
   valid = np.asarray(valid, bool)
-  acc = multihost.to_host(voting.accuracy(voted, ratings, num_votes=valid.sum(axis=1),
+  votes = valid if votes is None else np.asarray(votes, bool)
+  acc = multihost.to_host(voting.accuracy(voted, ratings, num_votes=votes.sum(axis=1),
                                           response_mask=response_mask, key=key))
   nan = np.full(valid.shape, np.nan)
   return {
@@ -163,17 +166,18 @@ def _pct(value: float | None) -> str:
 
 def format_table(datasets: dict[str, Any]) -> str:
   """One row per (dataset, run): strict, tie-random, tie-expected, macro, parse rate, length."""
-  header = (f"{'dataset':<14} {'run':<8} {'items':>5} {'strict':>6} {'random':>6} {'exp':>5} {'macro':>5} "
+  header = (f"{'dataset':<14} {'run':<9} {'items':>5} {'strict':>6} {'random':>6} {'exp':>5} {'macro':>5} "
             f"{'parse%':>6} {'len':>6}")
   lines = [header, "-" * len(header)]
   for name, info in datasets.items():
     for run_name, run in info["runs"].items():
       o, m = run["overall"], run["macro"]
       length = "     -" if o["gen_tokens"] is None else f"{o['gen_tokens']:6.1f}"
-      lines.append(f"{name:<14} {run_name:<8} {o['items']:>5} {_pct(o['accuracy_strict']):>6} "
+      lines.append(f"{name:<14} {run_name:<9} {o['items']:>5} {_pct(o['accuracy_strict']):>6} "
                    f"{_pct(o['accuracy_tie_random']):>6} {_pct(o['accuracy_tie_expected'])} "
                    f"{_pct(m['accuracy_tie_expected'])} {_pct(o['parse_rate']):>6} {length}")
-  lines.append("strict: Eq. 10, a tie with the best is wrong (accuracy_strict; the RMB best-of-N protocol); random: "
+  lines.append("voting@k: Eq. 14 over k samples; metarm@k: over the k_meta of them the meta RM rates highest. "
+               "strict: Eq. 10, a tie with the best is wrong (accuracy_strict; the RMB best-of-N protocol); random: "
                "the paper's rule, ties broken at random (accuracy_tie_random); exp: its expectation over tie-breaks; "
                "macro: exp averaged over categories; len: generated tokens.")
   return "\n".join(lines)
@@ -182,9 +186,9 @@ def format_table(datasets: dict[str, Any]) -> str:
 def format_rmb_table(summary: dict[str, dict[str, float | None]]) -> str:
   """One row per run of `rmb_summary`: the four RMB cells and their mean."""
   cells = [f"{goal}/{kind}" for goal in RMB_GOALS for kind, _ in RMB_SETS]
-  header = f"{'RMB run':<8} " + " ".join(f"{c.replace('fulness', '').replace('lessness', ''):>11}" for c in cells)
+  header = f"{'RMB run':<9} " + " ".join(f"{c.replace('fulness', '').replace('lessness', ''):>11}" for c in cells)
   header += f" {'mean':>5}"
   lines = [header, "-" * len(header)]
   for run, row in summary.items():
-    lines.append(f"{run:<8} " + " ".join(f"{_pct(row[c]):>11}" for c in cells) + f" {_pct(row['mean'])}")
+    lines.append(f"{run:<9} " + " ".join(f"{_pct(row[c]):>11}" for c in cells) + f" {_pct(row['mean'])}")
   return "\n".join(lines)

@@ -1,15 +1,20 @@
-"""THE held-out evaluator: GRM accuracy over fixed items, greedy and with voting over k samples (spec sec. 5, 6).
+"""THE held-out evaluator: GRM accuracy over fixed items, greedy, voting@k and metarm@k (spec sec. 5, 6).
 
 Declared in configs (`config.evals.<name> = dict(type="voting", ...)`, fields of `VotingSpec`) and built by
 `spct_jax.evaluators.from_config`; the eval experiment runs it once per dataset, every trainer runs it every
 `every` steps. It always reports the same metrics (`metrics.HEADLINE`): accuracy_strict (Eq. 10),
-accuracy_tie_random (the paper's rule) and parse_rate, plus the rest of `metrics.METRICS`.
+accuracy_tie_random (the paper's rule) and parse_rate, plus the rest of `metrics.METRICS`. Runs: "greedy",
+"voting@<k>" (Eq. 14 over k samples) and, given a meta RM, "metarm@<k>" (Eq. 14 over the k_meta of the SAME k
+samples with the highest meta-RM logits, `meta_rm.guided_vote`), so each pair differs only by the meta RM's filter.
 
 Choices (spec fields):
   * nested_k: max(ks) samples are drawn once and voting@k uses the first k, so k = 1 is one temperature sample
     (the paper's "k=1" row) and the ks are compared on the same samples. Every sample shuffles the responses anew
     (grm.num_distinct_orders None, the paper's rule), so a prefix sees what an independent k-sample run would.
   * temperature: None samples at `grm.temperature`.
+  * meta RM (a constructor input, not a spec field): every batch's B x k trajectories are scored in one batched
+    call (`meta_rm.MetaRMScorer`); k_meta None keeps max(1, k // 2) per k (the paper's default), an int keeps
+    min(k_meta, k) (recorded per run as "k_meta"). The tie-break key of metarm@k is voting@k's.
 Everything random (response orders, sampling, tie-breaks) derives from (seed, name, run, batch).
 """
 
@@ -25,6 +30,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from spct_jax import meta_rm as meta_rm_lib
 from spct_jax.data import schema
 from spct_jax.evaluators import metrics
 from spct_jax.grm import GRM, reward
@@ -35,6 +41,15 @@ def derived_seed(*parts: int | str) -> int:
   """A 31-bit seed from ints and strings (strings by crc32: stable across runs, unlike hash())."""
   ints = [p if isinstance(p, int) else zlib.crc32(p.encode("utf-8")) for p in parts]
   return int(np.random.default_rng(ints).integers(2**31 - 1))
+
+
+def spec_values(cls, spec: Mapping[str, Any], kind: str) -> dict[str, Any]:
+  """The entries of a config spec as a dict; ValueError on a key that is not a field of the dataclass `cls`."""
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(spec.keys()) - fields)
+  if unknown:
+    raise ValueError(f"{kind} evaluator: unknown key(s) {unknown}; valid: {sorted(fields)}")
+  return dict(spec)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -60,11 +75,7 @@ class VotingSpec:
 
   @classmethod
   def from_config(cls, spec: Mapping[str, Any]) -> VotingSpec:
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(spec.keys()) - fields)
-    if unknown:
-      raise ValueError(f"voting evaluator: unknown key(s) {unknown}; valid: {sorted(fields)}")
-    values = dict(spec)
+    values = spec_values(cls, spec, "voting")
     if "ks" in values:
       values["ks"] = tuple(sorted({int(k) for k in values["ks"]}))
     return cls(**values)
@@ -95,6 +106,8 @@ class Scored:
   gen_tokens: np.ndarray | None  # f32[N, k]
   gen_chars: np.ndarray  # f32[N, k]
   seconds: float
+  meta_scores: np.ndarray | None = None  # f32[N, k] meta RM logits of every trajectory (None: no meta RM)
+  meta_seconds: float = 0.0  # of `seconds`, spent scoring with the meta RM
 
 
 def _batches(items, batch_size: int) -> list:
@@ -106,10 +119,14 @@ def _pad(array: np.ndarray, n: int) -> np.ndarray:
 
 
 def score_items(grm: GRM, items: Sequence[schema.PreferenceItem], *, k: int, batch_size: int, seed: int,
-                desc: str = "", progress: bool = False, tokenizer=None) -> Scored:
-  """Runs the GRM kernel over `items` in batches, k samples each; a progress bar shows running accuracy."""
+                desc: str = "", progress: bool = False, tokenizer=None, meta_scorer=None) -> Scored:
+  """Runs the GRM kernel over `items` in batches, k samples each; a progress bar shows running accuracy.
+
+  meta_scorer: `(items, texts[B][k], perms) -> f32[B, k]` (`meta_rm.as_meta_scorer`), called once per batch on
+  all its B x k trajectories; None: no meta scores.
+  """
   n = max(item.num_responses for item in items)
-  parts, texts, correct, lengths = [], [], [], []
+  parts, texts, correct, lengths, meta, meta_seconds = [], [], [], [], [], 0.0
   start = time.time()
   bar = tqdm(total=len(items), desc=desc, unit="item", disable=not progress, leave=True)
   for b, batch in enumerate(_batches(items, batch_size)):
@@ -119,6 +136,10 @@ def score_items(grm: GRM, items: Sequence[schema.PreferenceItem], *, k: int, bat
     except ValueError as e:  # name the items: an item-level error must say which item
       raise ValueError(f"scoring items {[item.uid for item in batch]}: {e}") from e
     lengths.append(grm.last_lengths)
+    if meta_scorer is not None:
+      meta_start = time.time()
+      meta.append(np.asarray(meta_scorer(batch, result.texts, result.perms), np.float32).reshape(len(batch), k))
+      meta_seconds += time.time() - meta_start
     ratings = reward.ratings_array(batch, n)
     mask = _pad(result.response_mask, n)
     parts.append((_pad(result.sample_scores, n), result.valid, _pad(result.perms, n), mask, ratings))
@@ -139,30 +160,42 @@ def score_items(grm: GRM, items: Sequence[schema.PreferenceItem], *, k: int, bat
   elif tokenizer is not None:  # A GRM that is not a MeasuredGRM: re-encode (approximate).
     tokens = np.asarray([[len(tokenizer.encode(t, add_bos=False)) for t in row] for row in generated], np.float32)
   return Scored(sample_scores=cat(0), valid=cat(1), perms=cat(2), response_mask=cat(3), ratings=cat(4),
-                texts=texts, gen_tokens=tokens, gen_chars=chars, seconds=time.time() - start)
+                texts=texts, gen_tokens=tokens, gen_chars=chars, seconds=time.time() - start,
+                meta_scores=np.concatenate(meta) if meta else None, meta_seconds=meta_seconds)
 
 
-def run_metrics(scored: Scored, items: Sequence[schema.PreferenceItem], k: int, key: jax.Array) -> dict[str, Any]:
-  """Aggregated metrics of voting over the first k samples of `scored`."""
-  voted = metrics.prefix_vote(scored.sample_scores, scored.valid, k)
+def run_metrics(scored: Scored, items: Sequence[schema.PreferenceItem], k: int, key: jax.Array, *,
+                k_meta: int | None = None) -> dict[str, Any]:
+  """Aggregated metrics of voting over the first k samples of `scored`; with `k_meta`, over the k_meta of them
+  with the highest meta scores (MetaRM@k; `scored.meta_scores` needed)."""
+  votes = None
+  if k_meta is None:
+    voted = metrics.prefix_vote(scored.sample_scores, scored.valid, k)
+  else:
+    if scored.meta_scores is None:
+      raise ValueError("MetaRM@k needs meta scores: score the items with a meta_scorer")
+    voted, votes = meta_rm_lib.guided_vote(scored.sample_scores[:, :k], scored.valid[:, :k],
+                                           scored.meta_scores[:, :k], k_meta)
   per_item = metrics.item_metrics(
       voted, scored.ratings, scored.response_mask, scored.valid[:, :k], key,
-      None if scored.gen_tokens is None else scored.gen_tokens[:, :k], scored.gen_chars[:, :k])
+      None if scored.gen_tokens is None else scored.gen_tokens[:, :k], scored.gen_chars[:, :k], votes=votes)
   return metrics.aggregate(per_item, [item.category for item in items], [item.subset for item in items])
 
 
 def _sample_records(name: str, mode: str, items, scored: Scored) -> list[dict[str, Any]]:
+  meta = {} if scored.meta_scores is None else {"meta_scores": scored.meta_scores}
   return [{"dataset": name, "mode": mode, "uid": item.uid, "category": item.category,
            "ratings": list(item.ratings), "perms": scored.perms[i, :, :item.num_responses].tolist(),
            "sample_scores": scored.sample_scores[i, :, :item.num_responses].tolist(),
-           "valid": scored.valid[i].tolist(), "texts": scored.texts[i]} for i, item in enumerate(items)]
+           "valid": scored.valid[i].tolist(), "texts": scored.texts[i],
+           **{key: value[i].tolist() for key, value in meta.items()}} for i, item in enumerate(items)]
 
 
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
   """What one evaluation produced: per-run aggregated metrics, timings and (if asked) per-item records."""
 
-  runs: dict[str, dict[str, Any]]  # "greedy" / "k=<k>" -> {"k", "temperature", "overall", "macro", ...}
+  runs: dict[str, dict[str, Any]]  # "greedy" / "voting@<k>" / "metarm@<k>" -> {"k", "overall", "macro", ...}
   timing: dict[str, float]
   records: list[dict[str, Any]]
 
@@ -173,17 +206,30 @@ class Evaluation:
 
 
 class VotingEvaluator:
-  """Greedy and voting@k accuracy of a GRM on fixed `items` (see the module docstring)."""
+  """Greedy, voting@k and (given a meta RM) metarm@k accuracy of a GRM on fixed `items` (module docstring).
+
+  meta_rm: a meta scorer `(items, texts[B][k], perms) -> f32[B, k]` (`meta_rm.as_meta_scorer(model, tokenizer)`);
+  k_meta: samples it keeps (None: max(1, k // 2) per k; an int: min(k_meta, k)).
+  """
 
   def __init__(self, spec: VotingSpec, *, items: Sequence[schema.PreferenceItem], tokenizer, options: GRMOptions,
-               name: str, seed: int = 0, mesh=None, progress: bool = False, skipped: Mapping[str, int] | None = None):
+               name: str, seed: int = 0, mesh=None, progress: bool = False, skipped: Mapping[str, int] | None = None,
+               meta_rm=None, k_meta: int | None = None):
     if not items:
       raise ValueError(f"evaluator {name!r}: no items to evaluate")
     if not spec.greedy and not spec.ks:
       raise ValueError(f"evaluator {name!r}: nothing to evaluate (greedy is False and ks is empty)")
+    if meta_rm is not None and not spec.ks:
+      raise ValueError(f"evaluator {name!r}: a meta RM needs sampled runs (ks is empty)")
+    if k_meta is not None and (meta_rm is None or k_meta < 1):
+      raise ValueError(f"evaluator {name!r}: k_meta={k_meta} needs a meta RM and must be >= 1")
     self.spec, self.items, self.tokenizer, self.options = spec, list(items), tokenizer, options
     self.name, self.seed, self.mesh, self.progress = name, seed, mesh, progress
     self.skipped = dict(skipped or {})  # items left out before evaluation, by reason (e.g. too long)
+    self.meta_rm, self.k_meta = meta_rm, k_meta
+
+  def k_meta_for(self, k: int) -> int:
+    return meta_rm_lib.default_k_meta(k, None if self.k_meta is None else min(self.k_meta, k))
 
   @property
   def every(self) -> int:
@@ -211,13 +257,19 @@ class VotingEvaluator:
     for draw in (ks[-1:] if spec.nested_k else ks):
       scored = score_items(self._grm(model, float(temperature)), items, k=draw,
                            seed=derived_seed(self.seed, name, "sampled", draw),
-                           desc=f"{name} T={temperature} k={draw}", **common)
+                           desc=f"{name} T={temperature} k={draw}", meta_scorer=self.meta_rm, **common)
       timing[f"sampled_k{draw}_s"] = scored.seconds
+      if self.meta_rm is not None:
+        timing[f"meta_rm_k{draw}_s"] = scored.meta_seconds
       if spec.samples:
         records += _sample_records(name, f"sampled_k{draw}", items, scored)
       for k in (ks if spec.nested_k else [draw]):
         key = jax.random.key(derived_seed(self.seed, name, "sampled", k))
-        runs[f"k={k}"] = {"k": k, "temperature": temperature, "drawn": draw, **run_metrics(scored, items, k, key)}
+        run = {"k": k, "temperature": temperature, "drawn": draw}
+        runs[f"voting@{k}"] = {**run, **run_metrics(scored, items, k, key)}
+        if self.meta_rm is not None:
+          k_meta = self.k_meta_for(k)
+          runs[f"metarm@{k}"] = {**run, "k_meta": k_meta, **run_metrics(scored, items, k, key, k_meta=k_meta)}
     return Evaluation(runs=runs, timing=timing, records=records)
 
   def __call__(self, model) -> dict[str, float]:

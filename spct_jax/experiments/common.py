@@ -154,7 +154,8 @@ def grm_options(config) -> GRMOptions:
   return GRMOptions(template=g.template, single_template=g.get("single_template"), chat_style=g.chat_style,
                     max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
                     num_distinct_orders=g.num_distinct_orders, output_prefix=g.output_prefix, seed=config.seed,
-                    stop_after_scores=g.stop_after_scores, **demonstrations(g))
+                    stop_after_scores=g.stop_after_scores, memory_budget_bytes=g.get("memory_budget_bytes"),
+                    **demonstrations(g))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -2,10 +2,14 @@
 
 For each of `config.data.names`: a seeded (stratified) slice of `data.max_items` items that fit the context
 (too-long ones are passed over and counted as `skipped_too_long`), scored by the voting evaluator
-`config.evals.voting` (greedy once, then voting@k; `spct_jax.evaluators.voting`). Process 0 writes, atomically:
+`config.evals.voting` (greedy once, then voting@k; `spct_jax.evaluators.voting`). With a meta RM
+(`config.meta_rm.path`, a `meta_rm.save_meta_rm` folder such as a meta_rm run's `<workdir>/meta_rm`), every k
+also gets metarm@k: the same max(ks) samples, each batch's B x k trajectories scored by the meta RM in one batched
+call, Eq. 14 over the k_meta (`meta_rm.k_meta`; None: k // 2) with the highest logits. Process 0 writes, atomically:
   results.json        config, model, counts, timing and per dataset / run / category metrics: accuracy_strict
-                      (Eq. 10), accuracy_tie_random (the paper's rule), accuracy_tie_expected, parse_rate, ...
-  accuracy_vs_k.png   voting accuracy against k per dataset, greedy as a dashed line (`plotting`).
+                      (Eq. 10), accuracy_tie_random (the paper's rule), accuracy_tie_expected, parse_rate, ...;
+                      runs "greedy", "voting@<k>" and "metarm@<k>" per dataset
+  accuracy_vs_k.png   voting@k and metarm@k accuracy against k per dataset, greedy as a dashed line (`plotting`).
   samples.jsonl       per item and run: generated texts, per-sample scores (original order), validity.
 RMB best-of-N uses the same kernel with the whole list (n = 3..7) in one prompt; its protocol metric is
 accuracy_strict. With RMB data, results["rmb"] also reports it as the benchmark does (`metrics.rmb_summary`): the
@@ -15,6 +19,7 @@ and with ties wrong everywhere ("strict"). Every process scores the same items (
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -22,7 +27,7 @@ import jax
 import numpy as np
 
 from spct_jax import evaluators as evaluators_lib
-from spct_jax import files, multihost, plotting
+from spct_jax import files, meta_rm, multihost, plotting
 from spct_jax.data import synthetic
 from spct_jax.evaluators import metrics
 from spct_jax.experiments import common, validation, workdir as workdir_lib
@@ -48,7 +53,26 @@ RULES = (
     v.Rule("evals.voting", lambda e: bool(e.ks) or bool(e.greedy), "greedy=True or a non-empty ks (else nothing "
            "is evaluated)"),
     v.string("output.results"), v.string("output.plot"), v.string("output.samples"),
+    v.Rule("meta_rm", lambda m: hasattr(m, "keys"), "a ConfigDict of path, k_meta, batch_size"),
+    v.Rule("meta_rm.path", lambda p: isinstance(p, str) and bool(p), "a meta RM folder (meta_rm.save_meta_rm), or "
+           "None", optional=True),
+    v.integer("meta_rm.k_meta", 1, optional=True), v.integer("meta_rm.batch_size", 1, optional=True),
 )
+
+
+def load_meta_scorer(config, mesh) -> tuple[Any, dict[str, Any]] | tuple[None, None]:
+  """(meta scorer, description) of `config.meta_rm.path`, or (None, None) without one. The meta RM brings its own
+  tokenizer and max length; its weights get config.model's dtypes."""
+  m = config.meta_rm
+  if not m.path:
+    return None, None
+  model, tokenizer = meta_rm.load_meta_rm(m.path, dtype=config.model.param_dtype,
+                                          compute_dtype=config.model.compute_dtype, mesh=mesh)
+  if tokenizer is None:
+    raise ValueError(f"config.meta_rm.path={m.path!r} has no tokenizer.model (save_meta_rm(..., tokenizer=))")
+  scorer = meta_rm.as_meta_scorer(model, tokenizer, max_rows=m.batch_size, mesh=mesh)
+  return scorer, {"path": m.path, "k_meta": m.k_meta, "num_layers": model.cfg.num_layers,
+                  "embed_dim": model.cfg.embed_dim, **dataclasses.asdict(model.config)}
 
 
 def run(config, workdir) -> dict[str, Any]:
@@ -56,7 +80,12 @@ def run(config, workdir) -> dict[str, Any]:
   start = time.time()
   validation.check(config, RULES)
   spec = config.evals.voting
-  evaluators_lib.spec_from_config(spec, "voting")  # fail on a bad evaluator entry before the model loads
+  typed = evaluators_lib.spec_from_config(spec, "voting")  # fail on a bad evaluator entry before the model loads
+  if config.meta_rm.path and not typed.ks:
+    raise validation.ConfigError(f"config.meta_rm.path={config.meta_rm.path!r} needs sampled runs: "
+                                 "config.evals.voting.ks is empty")
+  if config.meta_rm.path:
+    meta_rm.read_config(config.meta_rm.path)  # fail before the GRM loads
   names = list(config.data.names)
   if any(n != common.SYNTHETIC and not n.endswith(".jsonl") for n in names):
     common.data_root(config.data)  # fail before the model loads
@@ -65,6 +94,7 @@ def run(config, workdir) -> dict[str, Any]:
     mesh = common.build_mesh(config)
     model, tokenizer = common.build_model(config.model, mesh)
     model_info = common.describe_model(model, tokenizer, config.model)
+    meta_scorer, meta_info = load_meta_scorer(config, mesh)
     load_s = time.time() - start
     options = common.grm_options(config)
     budget = common.ContextBudget(tokenizer, options, model.cfg.max_seq_len)
@@ -81,7 +111,8 @@ def run(config, workdir) -> dict[str, Any]:
                          f"grm.max_new_tokens={config.grm.max_new_tokens} ({too_long} too long)")
       read_s = time.time() - read_start
       evaluator = evaluators_lib.from_config(samples, name=name, items=items, tokenizer=tokenizer, options=options,
-                                             mesh=mesh, seed=config.seed, progress=progress)
+                                             mesh=mesh, seed=config.seed, progress=progress, meta_rm=meta_scorer,
+                                             k_meta=config.meta_rm.k_meta)
       result = evaluator.evaluate(model)
       n_hist = np.bincount([item.num_responses for item in items])
       datasets[name] = {
@@ -99,6 +130,7 @@ def run(config, workdir) -> dict[str, Any]:
     results = metrics.jsonable({
         "experiment": config.experiment,
         "model": model_info,
+        "meta_rm": meta_info,
         "config": config.to_dict(),
         "datasets": datasets,
         "timing": {"load_model_s": load_s, "total_s": time.time() - start},

@@ -129,7 +129,20 @@ def voting_eval(prefix: str) -> tuple[Rule, ...]:
           boolean(f"{prefix}.nested_k"), integer(f"{prefix}.batch_size", 1))
 
 
-def evals(config) -> tuple[Rule, ...]:
-  """Rules of every entry of `config.evals` (all are voting evaluators today)."""
+def binary_eval(prefix: str) -> tuple[Rule, ...]:
+  """Rules of one binary-evaluator entry (`spct_jax.evaluators.binary.BinarySpec`)."""
+  return (one_of(f"{prefix}.type", ("binary",)), integer(f"{prefix}.every", 0),
+          integer(f"{prefix}.batch_size", 1, optional=True), integer(f"{prefix}.num_bins", 1))
+
+
+EVAL_RULES = {"voting": voting_eval, "binary": binary_eval}
+
+
+def evals(config, types: Sequence[str] = ("voting",)) -> tuple[Rule, ...]:
+  """Rules of every entry of `config.evals`, by its type; `types` are the ones this experiment accepts."""
   entries = config.get("evals") or {}
-  return tuple(rule for name in entries.keys() for rule in voting_eval(f"evals.{name}"))
+  rules = []
+  for name in entries.keys():
+    kind = lookup(config, f"evals.{name}.type")
+    rules += EVAL_RULES[kind](f"evals.{name}") if kind in types else [one_of(f"evals.{name}.type", types)]
+  return tuple(rules)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spct_jax import multihost, sampler, strategies
+from spct_jax import multihost, sampler, sampling_memory, strategies
 from spct_jax.grm import parsing, templates, voting
 
 # (conversation, responses) or any object with .conversation and .responses (data.PreferenceItem); an object with
@@ -48,6 +48,8 @@ class GRMOptions:
   k_meta: meta-RM guided voting keeps this many samples (None = k // 2) when a meta scorer is given.
   stop_after_scores: end a sample at the `}` closing the `\\boxed{..}` after its `Scores:` (the judgement is
     complete there); boxes quoted earlier, in the Analysis, do not end it (`sampler.StopAfter.after_texts`).
+  memory_budget_bytes: the B x k rows of a call run in row chunks that fit this many bytes per device
+    (`sampling_memory`; None = a share of the memory free at the call).
   """
 
   template: str = "default"
@@ -65,6 +67,7 @@ class GRMOptions:
   k_meta: int | None = None
   seed: int = 0
   stop_after_scores: bool = True
+  memory_budget_bytes: int | None = None
 
   def strategy(self, k: int):
     temperature = self.temperature if self.temperature is not None else (0.0 if k == 1 else 0.5)
@@ -244,7 +247,11 @@ class GRM:
     rng = np.random.default_rng(seed)
     names = item_templates(items, opts)
     prompts, perms, response_mask = build_prompts(items, k, opts, rng, hint_best=hint_best)
-    texts = [opts.output_prefix + t for t in self.generate_texts(prompts, opts.strategy(k), seed)]
+    try:
+      generated = self.generate_texts(prompts, opts.strategy(k), seed)
+    except sampling_memory.RowsDoNotFit as e:
+      raise ValueError(f"item {e.prompt_index // k} (sample {e.prompt_index % k}): {e}") from e
+    texts = [opts.output_prefix + t for t in generated]
     num_responses = np.repeat(response_mask.sum(axis=1), k)
     shown, valid, errors = parse_texts(texts, num_responses, perms.shape[2], np.repeat(names, k).tolist())
     batch, n_max = len(items), perms.shape[2]
@@ -272,7 +279,8 @@ class GRM:
     encoded = [self.tokenizer.encode(p, add_bos=True) for p in prompts]
     out, *_ = sampler.sample_from_tokens(
         self.model, encoded, max_new_tokens=self.options.max_new_tokens, strategy=strategy, seed=seed,
-        eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_id, mesh=self.mesh, stop=self.stop_condition)
+        eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_id, mesh=self.mesh, stop=self.stop_condition,
+        memory_budget_bytes=self.options.memory_budget_bytes)
     out = multihost.to_host(out)
     return [self._decode(row, n) for row, n in zip(out.tokens, out.lengths)]
 

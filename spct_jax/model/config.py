@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 LayerKind = Literal["local", "global"]
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+ATTENTION_IMPLS = ("auto", "blockwise", "dense", "cudnn", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +31,11 @@ class ModelConfig:
     compute_dtype: dtype of matmul inputs (accumulation, norms, softmax and residual stay float32).
     float32_attention: q.k and probs.v in float32 even when compute_dtype is bf16 (weights matmuls stay bf16): more
       faithful bf16 path for a small cost; set False for speed on long contexts.
+    attention_impl: how prefill and training attend (`spct_jax/model/attention.py`): "blockwise" (online softmax,
+      O(T) memory, any backend), "dense" (the full score matrix: the reference), "cudnn" (GPU) / "pallas" (TPU
+      splash) fused kernels, or "auto": the backend's kernel where it applies, else blockwise (logged). Decode
+      steps (one query row) always run dense.
+    attention_block_q, attention_block_k: query / key block sizes of the blockwise path.
     remat: recompute each block in the backward pass instead of storing its activations (jax.checkpoint per
       scanned layer): training memory becomes one layer's attention, not all of them. No cost without autodiff.
   """
@@ -55,6 +61,9 @@ class ModelConfig:
   param_dtype: str = "float32"
   compute_dtype: str = "float32"
   float32_attention: bool = True
+  attention_impl: str = "auto"
+  attention_block_q: int = 512
+  attention_block_k: int = 512
   remat: bool = True
 
   def __post_init__(self):
@@ -63,6 +72,10 @@ class ModelConfig:
     for field in ("param_dtype", "compute_dtype"):
       if getattr(self, field) not in DTYPES:
         raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}; valid: {sorted(DTYPES)}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"ModelConfig.attention_impl={self.attention_impl!r}; valid: {list(ATTENTION_IMPLS)}")
+    if min(self.attention_block_q, self.attention_block_k) < 1:
+      raise ValueError(f"attention block sizes must be >= 1, got {self.attention_block_q}, {self.attention_block_k}")
 
   @property
   def layer_kinds(self) -> tuple[LayerKind, ...]:

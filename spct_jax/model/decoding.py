@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from spct_jax.kernels import cpu_matvec
+from spct_jax.model import attention
 from spct_jax.model import transformer as tfm
 from spct_jax.model.config import ModelConfig
 
@@ -201,8 +202,11 @@ def forward(cfg: ModelConfig, params: DecodingParams, tokens: jax.Array, positio
     attention_mask = jnp.ones(tokens.shape, jnp.bool_)
   new_key_positions = jnp.where(attention_mask.astype(jnp.bool_), positions, -1).astype(jnp.int32)
   key_positions = jax.lax.dynamic_update_slice(cache.key_positions, new_key_positions, (0, cache.index))
+  # A decode step attends one row per sequence through a [B, 1, S] mask; a prefill goes through `attention.attend`
+  # (blockwise by default), which takes positions: no [B, T, S] mask or score matrix.
+  prefill = tokens.shape[1] > 1
   windows = {"local": cfg.sliding_window, "global": None}
-  masks = {kind: tfm.make_attention_mask(positions, key_positions, w) for kind, w in windows.items()}
+  masks = {} if prefill else {kind: tfm.make_attention_mask(positions, key_positions, w) for kind, w in windows.items()}
   ropes = {"local": tfm.rope_tables(positions, cfg.head_dim, cfg.rope_local_base),
            "global": tfm.rope_tables(positions, cfg.head_dim, cfg.rope_global_base, cfg.rope_global_scale)}
 
@@ -212,7 +216,12 @@ def forward(cfg: ModelConfig, params: DecodingParams, tokens: jax.Array, positio
   for p, kind, k_cache, v_cache in zip(params["layers"], cfg.layer_kinds, cache.k, cache.v):
     q, k, v = _project_qkv(cfg, p, x, ropes[kind], matmul)
     k_cache, v_cache = write(k_cache, k), write(v_cache, v)
-    attended = _attend(cfg, q, k_cache, v_cache, masks[kind])
+    if prefill:
+      as_heads = lambda buf: buf.reshape(-1, cfg.num_kv_heads, *buf.shape[1:])  # [B*K, S, H] -> [B, K, S, H]
+      attended = attention.attend(cfg, q, as_heads(k_cache), as_heads(v_cache), positions, key_positions,
+                                  local=kind == "local")
+    else:
+      attended = _attend(cfg, q, k_cache, v_cache, masks[kind])
     # o_proj flattened to [N*H, D]: with a separate heads axis XLA:CPU transposed the weight every step.
     attn_out = _linear(cfg, attended.reshape(*attended.shape[:2], -1), p["o_proj"], matmul)
     x = _residual_mlp(cfg, p, x, attn_out, matmul)
@@ -275,7 +284,7 @@ def _lookup(table: jax.Array, tokens: jax.Array) -> jax.Array:
 
 
 def _attend(cfg: ModelConfig, q: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array) -> jax.Array:
-  """`transformer._attend` on [B*K, S, H] caches. q [B, T, N, H], mask bool[B, T, S] -> [B, T, N, H]."""
+  """`attention.dense` on [B*K, S, H] caches (decode steps). q [B, T, N, H], mask bool[B, T, S] -> [B, T, N, H]."""
   b, t, n, hd = q.shape
   k, s = cfg.num_kv_heads, mask.shape[-1]
   g = n // k

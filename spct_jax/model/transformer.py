@@ -1,9 +1,9 @@
 """Gemma 2 / Gemma 3 text decoder in Flax NNX.
 
 Layers are stacked (leading `layers` axis) and run under `jax.lax.scan`, so one block is compiled whatever the depth.
-The block is made of pure functions of its parameters (`_project_qkv`, `_attend`, `_finish_block`), which keeps the
-math readable; the sampler's decoder (`decoding.py`, with its KV cache and fused projections) reuses the norms,
-`_rotate_qk` and `_dot`.
+The block is made of pure functions of its parameters (`_project_qkv`, `attention.attend`, `_finish_block`), which
+keeps the math readable; the sampler's decoder (`decoding.py`, with its KV cache and fused projections) reuses the
+norms, `_rotate_qk` and `_dot`. Attention is given positions, never a [B, T, S] mask (`attention.py`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from spct_jax.model import attention
+from spct_jax.model.attention import softcap
 from spct_jax.model.config import ModelConfig
 
-_MASKED = -1e30  # finite, so a fully masked (padding) query row gives a uniform softmax, never NaN
+_MASKED = attention.MASKED
 
 
 # Stacked block parameters: name -> (shape builder, logical axes). Shapes exclude the leading layer axis.
@@ -74,10 +76,6 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps) * scale.astype(jnp.float32)
 
 
-def softcap(x: jax.Array, cap: float | None) -> jax.Array:
-  return x if cap is None else cap * jnp.tanh(x / cap)
-
-
 def rope_tables(positions: jax.Array, head_dim: int, base: float, scale: float = 1.0) -> tuple[jax.Array, jax.Array]:
   """sin, cos: f32[B, T, H/2] for rotate-half RoPE."""
   fraction = 2 * jnp.arange(head_dim // 2, dtype=jnp.float32) / head_dim
@@ -93,19 +91,7 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def make_attention_mask(query_positions: jax.Array, key_positions: jax.Array, window: int | None,
-                        query_segments: jax.Array | None = None, key_segments: jax.Array | None = None) -> jax.Array:
-  """bool[B, T, S]: causal by position, key slot filled (position >= 0), inside the window if any, and (packed
-  rows, segments int[B, T] / int[B, S]) in the query's segment. Positions restart per segment, so within one
-  segment position order is token order; across segments the segment test alone decides."""
-  q = query_positions[:, :, None]
-  k = key_positions[:, None, :]
-  allowed = (k >= 0) & (k <= q)
-  if window is not None:
-    allowed &= q - k < window
-  if query_segments is not None:
-    allowed &= query_segments[:, :, None] == key_segments[:, None, :]
-  return allowed
+make_attention_mask = attention.visible  # bool[B, T, S] (decode steps: T = 1)
 
 
 def default_positions(attention_mask_: jax.Array) -> jax.Array:
@@ -152,13 +138,12 @@ class Transformer(nnx.Module):
     if attention_mask is None:
       attention_mask = jnp.ones(tokens.shape, jnp.bool_)
     attention_mask = attention_mask.astype(jnp.bool_)
+    self_layout = positions is None  # default positions: the fused kernels apply
     if positions is None:
       positions = default_positions(attention_mask)
     key_positions = jnp.where(attention_mask, positions, -1).astype(jnp.int32)
 
     x = self.embedding[...][tokens].astype(jnp.float32) * math.sqrt(cfg.embed_dim)
-    masks = {"local": make_attention_mask(positions, key_positions, cfg.sliding_window, segment_ids, segment_ids),
-             "global": make_attention_mask(positions, key_positions, None, segment_ids, segment_ids)}
     ropes = {"local": rope_tables(positions, cfg.head_dim, cfg.rope_local_base),
              "global": rope_tables(positions, cfg.head_dim, cfg.rope_global_base, cfg.rope_global_scale)}
     is_global = jnp.array([kind == "global" for kind in cfg.layer_kinds])
@@ -168,7 +153,8 @@ class Transformer(nnx.Module):
       params, layer_is_global = xs
       pick = lambda local, glob: jax.tree.map(lambda a, b: jnp.where(layer_is_global, b, a), local, glob)
       q, k, v = _project_qkv(cfg, params, x, pick(ropes["local"], ropes["global"]))
-      attended = _attend(cfg, q, k.astype(dtype), v.astype(dtype), pick(masks["local"], masks["global"]))
+      attended = attention.attend(cfg, q, _kv_major(k, dtype), _kv_major(v, dtype), positions, key_positions,
+                                  local=~layer_is_global, self_layout=self_layout, segment_ids=segment_ids)
       return _finish_block(cfg, params, x, attended), None
 
     if cfg.remat:
@@ -199,9 +185,6 @@ class Transformer(nnx.Module):
     prefix_keys = jnp.where(prefix_mask, prefix_pos, -1)
     joint_keys = jnp.concatenate([jnp.take(prefix_keys, row_source, axis=0),
                                   jnp.where(suffix_mask, suffix_pos, -1)], axis=1)
-    windows = {"local": cfg.sliding_window, "global": None}
-    masks = {kind: (make_attention_mask(prefix_pos, prefix_keys, w), make_attention_mask(suffix_pos, joint_keys, w))
-             for kind, w in windows.items()}
     bases = {"local": (cfg.rope_local_base, 1.0), "global": (cfg.rope_global_base, cfg.rope_global_scale)}
     ropes = {kind: (rope_tables(prefix_pos, cfg.head_dim, *b), rope_tables(suffix_pos, cfg.head_dim, *b))
              for kind, b in bases.items()}
@@ -213,15 +196,16 @@ class Transformer(nnx.Module):
       xp, xs_ = carry
       params, layer_is_global = xs
       pick = lambda tree: jax.tree.map(lambda a, b: jnp.where(layer_is_global, b, a), tree["local"], tree["global"])
-      (mask_p, mask_s), (rope_p, rope_s) = pick(masks), pick(ropes)
+      rope_p, rope_s = pick(ropes)
       qp, kp, vp = _project_qkv(cfg, params, xp, rope_p)
       qs, ks, vs = _project_qkv(cfg, params, xs_, rope_s)
-      kp, vp, ks, vs = (a.astype(dtype) for a in (kp, vp, ks, vs))
-      keys = jnp.concatenate([jnp.take(kp, row_source, axis=0), ks], axis=1)
-      values = jnp.concatenate([jnp.take(vp, row_source, axis=0), vs], axis=1)
-      xp = _finish_block(cfg, params, xp, _attend(cfg, qp, kp, vp, mask_p))
-      xs_ = _finish_block(cfg, params, xs_, _attend(cfg, qs, keys, values, mask_s))
-      return (xp, xs_), None
+      kp, vp, ks, vs = (_kv_major(a, dtype) for a in (kp, vp, ks, vs))
+      keys = jnp.concatenate([jnp.take(kp, row_source, axis=0), ks], axis=2)
+      values = jnp.concatenate([jnp.take(vp, row_source, axis=0), vs], axis=2)
+      local = ~layer_is_global
+      attended_p = attention.attend(cfg, qp, kp, vp, prefix_pos, prefix_keys, local=local, self_layout=True)
+      attended_s = attention.attend(cfg, qs, keys, values, suffix_pos, joint_keys, local=local)
+      return (_finish_block(cfg, params, xp, attended_p), _finish_block(cfg, params, xs_, attended_s)), None
 
     if cfg.remat:
       layer = jax.checkpoint(layer)
@@ -265,15 +249,9 @@ def _rotate_qk(cfg: ModelConfig, p: dict[str, jax.Array], q: jax.Array, k: jax.A
   return apply_rope(q, sin, cos) * cfg.query_pre_attn_scalar**-0.5, apply_rope(k, sin, cos), v
 
 
-def _attend(cfg: ModelConfig, q: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array) -> jax.Array:
-  """GQA attention. q [B, T, N, H], keys/values [B, S, K, H], mask bool[B, T, S] -> [B, T, N, H]."""
-  b, t, n, hd = q.shape
-  q = q.reshape(b, t, cfg.num_kv_heads, n // cfg.num_kv_heads, hd)
-  scores = _dot("btkgh,bskh->bkgts", q, keys, cfg, attention=True)
-  scores = softcap(scores, cfg.attn_logit_softcap)
-  scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
-  probs = jax.nn.softmax(scores, axis=-1)
-  return _dot("bkgts,bskh->btkgh", probs, values, cfg, attention=True).reshape(b, t, n, hd)
+def _kv_major(x: jax.Array, dtype) -> jax.Array:
+  """Keys or values [B, T, K, H] -> [B, K, T, H] in `dtype` (the layout `attention.attend` takes)."""
+  return x.astype(dtype).swapaxes(1, 2)
 
 
 def _finish_block(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array, attended: jax.Array) -> jax.Array:
