@@ -69,11 +69,17 @@ def to_host(tree: Any) -> Any:
 
 
 def _gathered(value, dtype) -> np.ndarray:
-  """[process_count] `value` of every process (no collective with one process)."""
+  """[process_count] `value` of every process (no collective with one process).
+
+  Sent as int32 words: without jax_enable_x64 an int64 would reach the collective as int32 and wrap (byte counts
+  and memory budgets pass 2**31).
+  """
   if jax.process_count() == 1:
     return np.asarray([value], dtype)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return np.asarray(multihost_utils.process_allgather(np.asarray(value, dtype))).reshape(-1)
+  words = np.asarray([value], dtype).view(np.int32)
+  return np.asarray(multihost_utils.process_allgather(words), np.int32).reshape(jax.process_count(), -1).view(
+      dtype).reshape(-1)
 
 
 def any_process(flag: bool) -> bool:

@@ -292,7 +292,7 @@ def _sample_rows(cfg: ModelConfig, params: decoding.DecodingParams, tokens: np.n
   run_decode = _compiled("decode", cfg, params, mesh, rules, shape, max_new_tokens=max_new_tokens,
                          strategy=strategy, eos_ids=eos_ids, pad_id=pad_id, matmul=matmul)
   stop_table = (stop or NEVER_STOP).table(cfg.vocab_size)
-  out, _ = run_decode(params, cache, logits, next_position, key, place(row_ids, (None,)),
+  out, _ = run_decode(params, cache, logits, next_position, key, place(row_ids, ("batch",)),
                       place(stop_table, (None, None)))
   return jax.tree.map(lambda a: a[:1], out) if filler else out
 

@@ -54,6 +54,8 @@ seen["any"] = multihost.any_process(me == 1)
 seen["all"] = multihost.all_processes(me == 1)
 seen["max"] = multihost.agree_max(10 + me)
 seen["min"] = multihost.agree_min(10 + me)
+seen["big_min"] = multihost.agree_min((5 - me) << 33)  # past int32: sent as words
+seen["big_sum"] = multihost.sum_over_processes(3 << 32)
 
 try:
   multihost.global_array(everything[:3], mesh, global_rows=8)

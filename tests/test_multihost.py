@@ -96,6 +96,7 @@ def test_helpers_preemption_and_lock_across_two_processes(tmp_path):
     assert s["gathered"] == [100 + 2 * r for r in range(8)]
     assert s["sequences"] == [[0] * (1 + j) for j in range(4)] + [[1] * (3 + j) for j in range(4)]
     assert s["any"] is True and s["all"] is False and s["max"] == 11 and s["min"] == 10
+    assert s["big_min"] == 4 << 33 and s["big_sum"] == 6 << 32
     assert f"process {i} holds rows [{4 * i}, {4 * i + 4}) of 8 (process_rows), got 3 rows" in s["wrong_rows"]
     assert s["stopped_at"] == 3, "SIGTERM reached process 1 in step 3: every process stops after step 3"
   assert "is in use by pid" in seen[0]["lock"] and "process 0 could not take the run lock" in seen[1]["lock"]
