@@ -39,7 +39,9 @@ def get_config(arg: str | None = None):
 
   # RMB pairwise prompts are ~1.2k Gemma tokens (median) plus ~1k per demonstration.
   c.model = common.model(max_seq_len=2560)
-  c.mesh = None  # a sharded model: spct_jax.sharding.MeshConfig fields, e.g. common.mesh(); None = one device
+  # The model sharded over every device (fsdp; spct_jax.sharding.MeshConfig fields), used when more than one is
+  # visible: a pod or GPU node scores each batch with all of its chips. None: one device per process.
+  c.mesh = common.mesh()
 
   c.data = common.data()
   c.data.names = ("rmb_pairwise",)  # reader names (spct_jax.data.readers.READERS), "synthetic" or .jsonl files

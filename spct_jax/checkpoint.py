@@ -35,11 +35,10 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
 from spct_jax import checkpoint_storage as storage
-from spct_jax import checksums
+from spct_jax import checksums, multihost
 
 log = logging.getLogger(__name__)
 _ITEMS = ("params", "opt_state", "meta", "checksums")
@@ -103,14 +102,6 @@ def _normalise_dir(directory: str | os.PathLike) -> str:
   # orbax wants absolute paths; leave URLs (gs://...) alone.
   d = os.fspath(directory)
   return d if "://" in d else os.path.abspath(d)
-
-
-def _all_processes_ok(ok: bool) -> bool:
-  """True iff `ok` on every process (a collective: every process must call it)."""
-  if jax.process_count() == 1:
-    return ok
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
 class Checkpointer:
@@ -195,7 +186,7 @@ class Checkpointer:
       raise ValueError(f"meta for checkpoint step {step} is not JSON-serialisable: {e}") from e
     self.wait()  # surfaces a failed previous write as its own step's error, before this one starts
     no_room = storage.check_free_space(self.directory, step, (params, opt_state), self._manager.latest_step())
-    if not _all_processes_ok(no_room is None):
+    if not multihost.all_processes(no_room is None):
       raise OSError(errno.ENOSPC, no_room or f"checkpoint step {step}: another process has no room for its "
                     f"shards in {self.directory}; nothing was written")
     sums = checksums.checkpoint_record(params, opt_state, meta)
@@ -274,7 +265,7 @@ class Checkpointer:
       sums, out = self._read(step, where, params_target, opt_state_target, verify)
     except Exception as e:  # pylint: disable=broad-except
       error = e
-    if not _all_processes_ok(error is None):
+    if not multihost.all_processes(error is None):
       raise error if error is not None else DamagedCheckpointError(f"{where} failed to restore on another process")
     if sums is None:
       return out.params, out.opt_state, out.meta
@@ -355,7 +346,7 @@ class Checkpointer:
   def _quarantine(self, steps: list[int]) -> None:
     if not steps:
       return
-    if jax.process_index() == 0:
+    if multihost.is_main_process():
       for step in steps:
         storage.quarantine(self.directory, step)
     if jax.process_count() > 1:

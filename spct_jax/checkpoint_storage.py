@@ -26,6 +26,8 @@ from typing import Any
 
 import jax
 
+from spct_jax import multihost
+
 log = logging.getLogger(__name__)
 
 # Items whose folder orbax's pytree handler writes with a `_METADATA` file (JSON), and JSON items (`metadata`).
@@ -73,18 +75,20 @@ def _local_bytes(tree: Any) -> int:
 
 
 def check_free_space(directory: str, step: int, trees: Sequence[Any], last_good: int | None) -> str | None:
-  """None if this process's share of `trees` fits on the file system of `directory`, else the reason.
+  """None if the step's `trees` fit on the file system of `directory`, else the reason. Call on every process.
 
   The estimate is the uncompressed size (orbax's zstd rarely shrinks trained float weights by more than ~10%);
-  orbax deletes old steps only after the new one is committed, so the whole new step must fit. URLs (gs://...)
-  are not checked.
+  orbax deletes old steps only after the new one is committed, so the whole new step must fit. With several
+  processes it is the sum of every process's shards (one all-gather): orbax commits a multi-process step in one
+  directory, so they all write to one shared file system. URLs (gs://...) are not checked.
   """
   if "://" in directory:
     return None
   probe = directory
   while not os.path.exists(probe):
     probe = os.path.dirname(probe)
-  need, free = sum(_local_bytes(t) for t in trees), shutil.disk_usage(probe).free
+  need = multihost.sum_over_processes(sum(_local_bytes(t) for t in trees))
+  free = shutil.disk_usage(probe).free
   if need + (1 << 20) <= free:
     return None
   return (f"checkpoint step {step} needs about {need / 2**20:.1f} MiB in {directory} but only "

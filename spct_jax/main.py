@@ -2,6 +2,10 @@
 
 Flags -> distributed start-up (before any other JAX call) -> compile cache -> `EXPERIMENTS[config.experiment]
 .run(config, workdir)`. The logic lives in `spct_jax.experiments`, so a notebook can call the same `run`.
+
+A multi-process job passes `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` to every process
+(what `spct_jax.launch` does); left empty they are auto-detected: SLURM's environment, or the TPU metadata server
+when `SPCT_DISTRIBUTED=1` (launch/tpu_pod.sh sets it). On the CPU, N processes talk through gloo.
 """
 
 from __future__ import annotations
@@ -20,6 +24,13 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: pa
                                           accept_new_attributes=True, lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go "
                                "(default: runs/<config name>[-<variant>]). An existing workdir is resumed.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0's "
+                                   "coordinator (empty: auto-detect from SLURM, or the TPU metadata server with "
+                                   "SPCT_DISTRIBUTED=1).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes (empty: "
+                                      "auto-detect).", lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index in [0, num_processes) "
+                                   "(empty: auto-detect).", lower_bound=0)
 flags.mark_flag_as_required("config")
 
 
@@ -39,11 +50,24 @@ def default_workdir(spec: str) -> str:
   return os.path.join("runs", os.path.splitext(os.path.basename(path))[0] + (f"-{arg}" if arg else ""))
 
 
+def start_distributed() -> bool:
+  """`jax.distributed` from the flags (or auto-detected); must run before any other JAX call. Whether it started."""
+  from spct_jax import sharding  # pylint: disable=g-import-not-at-top
+  if (_NUM_PROCESSES.value is None) != (_PROCESS_ID.value is None):
+    raise SystemExit("pass both --num_processes and --process_id, or neither (auto-detect)")
+  if _PROCESS_ID.value is not None and _PROCESS_ID.value >= _NUM_PROCESSES.value:
+    raise SystemExit(f"--process_id={_PROCESS_ID.value} must be < --num_processes={_NUM_PROCESSES.value}")
+  return sharding.maybe_initialize_distributed(
+      coordinator_address=_COORDINATOR.value or None, num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value, force=os.environ.get("SPCT_DISTRIBUTED") == "1")
+
+
 def main(argv):
   del argv
-  from spct_jax import sharding  # pylint: disable=g-import-not-at-top
-  sharding.maybe_initialize_distributed(force=os.environ.get("SPCT_DISTRIBUTED") == "1")
+  start_distributed()
   # pylint: disable-next=g-import-not-at-top
+  import jax
+  from spct_jax import multihost
   from spct_jax.experiments import EXPERIMENTS, common, validation, workdir as workdir_lib
 
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -56,13 +80,15 @@ def main(argv):
     raise SystemExit(f"config.experiment={config.get('experiment')!r}; valid: {sorted(EXPERIMENTS)}")
   workdir = _WORKDIR.value or default_workdir(spec)
   common.setup_compile_cache(config.get("compile_cache"))
-  logging.info("experiment %s, workdir %s", config.experiment, workdir)
+  logging.info("experiment %s, workdir %s, process %d of %d", config.experiment, workdir,
+               jax.process_index(), jax.process_count())
   try:
     summary = EXPERIMENTS[config.experiment].run(config, workdir)
   except (validation.ConfigError, workdir_lib.WorkdirLocked) as e:  # the message says it all: no traceback
     raise SystemExit(str(e)) from None
-  print(json.dumps({k: v for k, v in (summary or {}).items() if isinstance(v, (int, float, str, bool))},
-                   indent=1, sort_keys=True))
+  if multihost.is_main_process():
+    print(json.dumps({k: v for k, v in (summary or {}).items() if isinstance(v, (int, float, str, bool))},
+                     indent=1, sort_keys=True))
 
 
 def run():

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from spct_jax import files, sampler
+from spct_jax import files, multihost, sampler
 from spct_jax import sharding as shd
 from spct_jax.grm import scorer, templates, voting
 from spct_jax.model.transformer import Transformer
@@ -294,9 +294,9 @@ class MetaRMScorer:
       tokens, mask = batch["tokens"][rows], batch["attention_mask"][rows]
       if self.mesh is not None:
         sharding = shd.activation_sharding(tokens.shape, ("batch", "length"), self.mesh, self.rules)
-        tokens, mask = jax.device_put(tokens, sharding), jax.device_put(mask, sharding)
+        tokens, mask = multihost.host_to_global(tokens, sharding), multihost.host_to_global(mask, sharding)
       logits.append(_forward(graphdef, state, tokens, mask))
-    return np.concatenate([np.asarray(jax.device_get(x), np.float32) for x in logits])[:n]
+    return np.concatenate([np.asarray(x, np.float32) for x in multihost.to_host(logits)])[:n]
 
   def inputs(self, items: Sequence[Any], texts: Sequence[Sequence[str]], perms: np.ndarray) -> list[str]:
     """The B x k meta-RM inputs, row b*k + s: item b's responses in sample s's shown order, its judgement."""

@@ -230,6 +230,10 @@ def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, 
   prefills its rows' prompts at the request's padded length and draws every row's tokens from the row's own keys,
   so the output is the same however the rows are chunked. A request whose longest row alone does not fit raises
   `sampling_memory.RowsDoNotFit` before any work.
+
+  Multi-process: every process passes the same `prompts` (each places its shards of the prompt arrays; the budget
+  is the smallest over processes, so all run the same chunks); the output arrays span every process's devices:
+  read them with `multihost.to_host` (on every process).
   """
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -250,6 +254,7 @@ def sample_from_tokens(model: Transformer, prompts: Sequence[Sequence[int]], *, 
   tokens, mask = left_pad(list(distinct), pad_id, multiple=length_multiple,
                           max_length=cfg.max_seq_len - max_new_tokens)
   budget = sampling_memory.default_budget_bytes() if memory_budget_bytes is None else memory_budget_bytes
+  budget = multihost.agree_min(budget)  # free memory differs between hosts; the chunks (programs) must not
   shards = 1 if mesh is None else mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
   chunks = sampling_memory.row_chunks(cfg, row_source, [len(p) for p in prompts], tokens.shape[1], max_new_tokens,
                                       budget, shards=shards)
@@ -285,11 +290,15 @@ def _sample_rows(cfg: ModelConfig, params: decoding.DecodingParams, tokens: np.n
   shape = (len(prompts), tokens.shape[1], len(decode_rows), max_new_tokens)
   run_prefill = _compiled("prefill", cfg, params, mesh, rules, shape, cache_length=tokens.shape[1] + max_new_tokens,
                           matmul=matmul)
-  cache, logits, next_position = run_prefill(params, tokens[prompts], mask[prompts], decode_rows)
+  # Host inputs enter as global arrays: every process passes the same prompts and places its own shards.
+  place = lambda host, axes: host if mesh is None else multihost.global_array(host, mesh, axes, rules=rules)
+  cache, logits, next_position = run_prefill(params, place(tokens[prompts], ("batch", "length")),
+                                             place(mask[prompts], ("batch", "length")), place(decode_rows, (None,)))
   run_decode = _compiled("decode", cfg, params, mesh, rules, shape, max_new_tokens=max_new_tokens,
                          strategy=strategy, eos_ids=eos_ids, pad_id=pad_id, matmul=matmul)
   stop_table = (stop or NEVER_STOP).table(cfg.vocab_size)
-  out, _ = run_decode(params, cache, logits, next_position, key, row_ids, stop_table)
+  out, _ = run_decode(params, cache, logits, next_position, key, place(row_ids, ("batch",)),
+                      place(stop_table, (None, None)))
   return jax.tree.map(lambda a: a[:1], out) if filler else out
 
 

@@ -316,6 +316,26 @@ def _multi_process_env() -> str | None:
   return None
 
 
+def _cpu_backend() -> bool:
+  """Whether this job will run on the CPU: JAX_PLATFORMS says so, or no accelerator plugin is installed.
+
+  Decided without starting a backend (this runs before `jax.distributed.initialize`).
+  """
+  platforms = os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms
+  if platforms:
+    return platforms.split(",")[0].strip() == "cpu"
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec("libtpu") is not None or importlib.metadata.entry_points(group="jax_plugins"):
+    return False
+  try:
+    import jax_plugins  # pylint: disable=g-import-not-at-top  (namespace package of the CUDA / ROCm plugins)
+  except ImportError:
+    return True
+  import pkgutil  # pylint: disable=g-import-not-at-top
+  return not any(True for _ in pkgutil.iter_modules(jax_plugins.__path__))
+
+
 def maybe_initialize_distributed(*, coordinator_address: str | None = None, num_processes: int | None = None,
                                  process_id: int | None = None, force: bool = False) -> bool:
   """Calls `jax.distributed.initialize` when this is a multi-process job; a no-op for a local run.
@@ -323,7 +343,12 @@ def maybe_initialize_distributed(*, coordinator_address: str | None = None, num_
   Multi-process means: explicit arguments (a coordinator address or num_processes > 1), `force=True` (e.g. GCE
   TPU-VM pods, which JAX detects from the metadata server rather than the environment), or an environment
   recognised by `_multi_process_env`. Arguments left None are auto-detected by JAX. Must run before any other
-  JAX call touches the devices.
+  JAX call touches the devices. Before initialising it
+    * selects gloo cross-process collectives when the job runs on the CPU (`_cpu_backend`), so any launcher can
+      start N CPU processes;
+    * turns JAX's preemption service off: it would take SIGTERM over in C++ for its own sync-point protocol, so a
+      SIGTERM before the training loop would be swallowed instead of ending the process. The loop decides
+      preemption itself, agreed across processes (`train.loop.Preemption`), as with one process.
 
   Returns:
     Whether the distributed runtime is initialised (now or earlier).
@@ -333,6 +358,9 @@ def maybe_initialize_distributed(*, coordinator_address: str | None = None, num_
   explicit = coordinator_address is not None or (num_processes is not None and num_processes > 1)
   if not (explicit or force or _multi_process_env()):
     return False
+  if _cpu_backend():
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.config.update("jax_enable_preemption_service", False)
   jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                              process_id=process_id)
   return True

@@ -232,10 +232,11 @@ def test_non_finite_weights_stop_before_a_bad_checkpoint(tmp_path):
   config.total_steps, config.evals.heldout.every = 4, 0
   config.grm.max_new_tokens, config.checkpoint.async_save = 4, False
   # AdamW decay moves every weight by lr * wd * w even with zero advantages: step 1 leaves huge weights, step 2's
-  # forward overflows (loss nan) and its update leaves inf weights. The message names both.
+  # forward may overflow (loss nan; whether it does depends on the step's prompts) and its update leaves inf
+  # weights. The message names what is non-finite.
   config.optimizer.learning_rate, config.optimizer.weight_decay, config.optimizer.grad_clip_norm = 1e38, 1.0, None
   config.optimizer.warmup_steps = 0
-  says = r"non-finite loss nan and weights at step 2; no checkpoint written for it \(last good: 1\)"
+  says = r"non-finite (loss nan and )?weights at step 2; no checkpoint written for it \(last good: 1\)"
   with pytest.raises(FloatingPointError, match=says):
     grpo.run(config, tmp_path)
   assert checkpoint.Checkpointer(tmp_path / "checkpoints").latest_step() == 1

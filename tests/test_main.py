@@ -42,3 +42,12 @@ def test_missing_config_flag_is_a_usage_error():
 def test_default_workdir():
   assert main.default_workdir("configs/grpo.py:smoke") == os.path.join("runs", "grpo-smoke")
   assert main.default_workdir("/abs/configs/eval.py") == os.path.join("runs", "eval")
+
+
+def test_distributed_flags_are_checked_before_jax_starts():
+  """`--num_processes` / `--process_id` come together (a coordinator alone is a valid auto-detect form); a bad pair
+  stops with one line (the full 2-process start is tests/test_multihost.py)."""
+  result = _run("--config=configs/grpo.py:smoke", "--num_processes=2")
+  assert result.returncode == 1 and "pass both --num_processes and --process_id" in result.stderr.decode()
+  result = _run("--config=configs/grpo.py:smoke", "--num_processes=2", "--process_id=2")
+  assert result.returncode == 1 and "--process_id=2 must be < --num_processes=2" in result.stderr.decode()

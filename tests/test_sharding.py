@@ -231,7 +231,12 @@ def fake_init(monkeypatch):
   calls = []
   monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
   monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  monkeypatch.setattr(jax.config, "update", lambda name, value: calls.append((name, value)))
   return calls
+
+
+def _initialize_calls(calls):
+  return [c for c in calls if isinstance(c, dict)]
 
 
 def test_maybe_initialize_distributed_noop_locally(fake_init, monkeypatch):
@@ -254,9 +259,21 @@ def test_maybe_initialize_distributed_detects_launchers(fake_init, monkeypatch, 
   for k, v in env.items():
     monkeypatch.setenv(k, v)
   assert shd.maybe_initialize_distributed() is True
-  assert fake_init == [dict(coordinator_address=None, num_processes=None, process_id=None)]
+  assert _initialize_calls(fake_init) == [dict(coordinator_address=None, num_processes=None, process_id=None)]
 
 
 def test_maybe_initialize_distributed_explicit_args(fake_init):
   assert shd.maybe_initialize_distributed(coordinator_address="h:1", num_processes=2, process_id=1) is True
-  assert fake_init == [dict(coordinator_address="h:1", num_processes=2, process_id=1)]
+  assert _initialize_calls(fake_init) == [dict(coordinator_address="h:1", num_processes=2, process_id=1)]
+
+
+@pytest.mark.parametrize("platforms, gloo", [("cpu", True), ("tpu", False), ("cuda,cpu", False)])
+def test_multi_process_start_selects_gloo_on_cpu_and_leaves_sigterm_to_the_loop(fake_init, monkeypatch, platforms,
+                                                                                 gloo):
+  """Set before `initialize` (the order matters: the CPU client reads the setting when it starts)."""
+  monkeypatch.setenv("JAX_PLATFORMS", platforms)
+  shd.maybe_initialize_distributed(coordinator_address="h:1", num_processes=2, process_id=0)
+  expected = [("jax_cpu_collectives_implementation", "gloo")] if gloo else []
+  expected += [("jax_enable_preemption_service", False), dict(coordinator_address="h:1", num_processes=2,
+                                                              process_id=0)]
+  assert fake_init == expected

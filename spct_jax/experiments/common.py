@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from spct_jax import files
+from spct_jax import files, multihost
 from spct_jax import sharding as shd
 from spct_jax.data import readers, schema, synthetic
 from spct_jax.experiments import validation
@@ -420,10 +420,12 @@ def _log_dropped(dropped: dict[str, int], what: str) -> None:
                 dropped)
 
 
-def process_shard(items: Sequence[Any]) -> list[Any]:
-  """This process's share of `items` (strided; all of them in a one-process run). The hook where a multi-process
-  job splits its per-step items; what the shards produce must then be assembled into global arrays."""
-  return readers.shard_for_process(items, jax.process_index(), jax.process_count())
+def process_shard(items: Sequence[Any], mesh: jax.sharding.Mesh | None) -> list[Any]:
+  """This process's share of a batch of `items`: those whose rows its devices hold when the batch is sharded over
+  `mesh`'s batch axes (`multihost.process_rows`: a contiguous block; all items where the batch is replicated or
+  there is no mesh, and in a one-process run). What a process makes of its items (prompts, rewards, SFT rows)
+  becomes global with `multihost.global_batch` / `gather_rows`, in item order."""
+  return list(items[multihost.process_rows(len(items), mesh)])
 
 
 def seeded_order(items: Sequence[schema.PreferenceItem], seed: int, sampling: str) -> list[int]:

@@ -4,6 +4,11 @@ The loop body only: the step's items -> prompts (responses shuffled per item, se
 sharing one prefill -> parse -> Eq. 11 reward -> group advantages -> jitted update. Resume, preemption, metrics,
 periodic held-out evaluation and the NaN stop are `spct_jax.train.loop`'s. Everything a step draws is a function
 of (seed, step), so a run resumed from a checkpoint continues exactly like an uninterrupted one.
+
+Multi-process: each process builds the prompts of its own items of the step (`multihost.process_rows` of the
+batch) and scores their rollouts; prompts and rewards are then gathered in item order, so every process feeds
+the same global batch to the sampler and the update, and an item's response order is drawn from its own stream
+(seed, step, uid). N processes therefore compute what one process computes (tests/test_multihost.py).
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ from __future__ import annotations
 import collections
 import logging
 import time
+import zlib
 
 import jax
 import numpy as np
 
 from spct_jax import evaluators as evaluators_lib
+from spct_jax import multihost
 from spct_jax.experiments import common, validation, workdir as workdir_lib
 from spct_jax.grm import reward, scorer
 from spct_jax.train import loop
@@ -64,20 +71,37 @@ class GRPOBody:
   def state(self):
     return self.trainer.state
 
+  def _prompts(self, items, step: int) -> tuple[list[str], np.ndarray]:
+    """One prompt per item and its response order int32[B, 1, n_max] (padding maps to itself), each item's order
+    drawn from its own stream (seed, step, uid): the same whichever process builds it."""
+    width = max(item.num_responses for item in items)
+    prompts, perms = [], np.tile(np.arange(width, dtype=np.int32), (len(items), 1, 1))
+    for b, item in enumerate(items):
+      rng = np.random.default_rng([self.seed, step, zlib.crc32(item.uid.encode("utf-8"))])
+      prompt, perm, _ = scorer.build_prompts([item], 1, self.options, rng)
+      prompts += prompt
+      perms[b, :, :item.num_responses] = perm[0]
+    return prompts, perms
+
   def __call__(self, step: int) -> dict[str, float]:
     t0 = time.perf_counter()
-    tok, options = self.tokenizer, self.options
-    items = common.process_shard(items_for_step(self.items, step, self.batch_size, self.seed))
+    tok, options, group, mesh = self.tokenizer, self.options, self.trainer.cfg.group_size, self.trainer.mesh
+    step_items = items_for_step(self.items, step, self.batch_size, self.seed)
+    # This process's items (its rows of the batch): it builds their prompts and scores their rollouts.
+    rows = multihost.process_rows(len(step_items), mesh)
+    items = step_items[rows]
     with common.naming_items(items, f"GRPO step {step + 1}"):
-      prompts, perms, _ = scorer.build_prompts(items, 1, options, np.random.default_rng([self.seed, step]))
-      batch, out = self.trainer.rollout([tok.encode(p, add_bos=True) for p in prompts],
-                                        seed=jax.random.fold_in(jax.random.key(self.seed), step),
+      prompts, perms = self._prompts(items, step)
+      encoded = multihost.gather_sequences([tok.encode(p, add_bos=True) for p in prompts], len(step_items), mesh)
+      batch, out = self.trainer.rollout(encoded, seed=jax.random.fold_in(jax.random.key(self.seed), step),
                                         eos_ids=self.eos_ids, pad_id=tok.pad_id, stop=self.stop)
-      texts = [options.output_prefix + tok.decode([t for t in row[:n] if t not in self.eos_ids])
-               for row, n in zip(out.tokens, out.lengths)]
-      rewards, valid = reward.rollout_rewards(texts, items, perms, self.trainer.cfg.group_size,
-                                              scorer.item_templates(items, options))
-    log.info("step %d sample (reward %+.0f): %r", step + 1, rewards[0], texts[0][-400:])
+      mine = range(rows.start * group, rows.stop * group)  # the rollouts of this process's items
+      decode = lambda r: tok.decode([t for t in out.tokens[r, :out.lengths[r]] if t not in self.eos_ids])
+      texts = [options.output_prefix + decode(r) for r in mine]
+      rewards, valid = reward.rollout_rewards(texts, items, perms, group, scorer.item_templates(items, options))
+    rewards, valid = (multihost.gather_rows(x.reshape(len(items), group), len(step_items), mesh).reshape(-1)
+                      for x in (rewards, valid))
+    log.info("step %d sample (reward %+.0f): %r", step + 1, rewards[mine[0]], texts[0][-400:])
     metrics = self.trainer.update(batch, rewards)
     metrics.update(parse_rate=float(valid.mean()), accuracy=float((rewards > 0).mean()),
                    tokens_per_s=metrics["completion_tokens"] / (time.perf_counter() - t0), **self.data_metrics)

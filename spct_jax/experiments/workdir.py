@@ -6,7 +6,8 @@ with a message naming the holder (pid, host, start time, command). The lock is `
     lock left behind by a killed run is taken over (with a warning naming the dead holder);
   * object stores (gs://...): the file's content; a lock of a dead pid on this host is taken over, any other
     holder blocks (the check and the write are not atomic there: a best-effort guard).
-Other processes of a multi-process job do not lock: process 0 speaks for the job.
+Other processes of a multi-process job do not lock: process 0 speaks for the job, and tells the others whether it
+got the lock (one all-gather), so a refused run stops on every process instead of leaving them waiting.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Iterator
 import jax
 from etils import epath
 
-from spct_jax import files
+from spct_jax import files, multihost
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "run.lock"
@@ -116,13 +117,20 @@ def locked(workdir: files.PathLike) -> Iterator[epath.Path]:
   """Creates `workdir` and holds its lock (process 0) for the block; yields the workdir as an epath.Path."""
   path = files.as_path(workdir)
   path.mkdir(parents=True, exist_ok=True)
+  lock = path / LOCK_NAME
   if jax.process_index() != 0:
+    if not multihost.all_processes(True):
+      raise WorkdirLocked(f"workdir {path}: process 0 could not take the run lock {lock} (its log says why)")
     yield path
     return
-  lock = path / LOCK_NAME
-  if str(lock) in _HELD:
-    raise _locked_error(path, lock, _parse(lock.read_text()))
-  handle = _acquire_local(path, lock) if files.is_local(lock) else _acquire_remote(path, lock)
+  try:
+    if str(lock) in _HELD:
+      raise _locked_error(path, lock, _parse(lock.read_text()))
+    handle = _acquire_local(path, lock) if files.is_local(lock) else _acquire_remote(path, lock)
+  except BaseException:
+    multihost.all_processes(False)
+    raise
+  multihost.all_processes(True)
   _HELD.add(str(lock))
   try:
     yield path

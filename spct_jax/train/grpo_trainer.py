@@ -25,7 +25,8 @@ from flax import nnx
 
 from spct_jax import grpo, logprobs, multihost, sampler, strategies
 from spct_jax import sharding as shd
-from spct_jax.train.step import OptimizerConfig, TrainState, init_train_state, make_optimizer, make_train_step
+from spct_jax.train.step import (OptimizerConfig, TrainState, init_train_state, make_optimizer, make_train_step,
+                                 place_batch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +129,11 @@ class GRPOTrainer:
 
   def rollout(self, prompts: Sequence[Sequence[int]], *, seed: int | jax.Array, eos_ids: Sequence[int],
               pad_id: int, stop: sampler.StopAfter | None = None) -> tuple[dict[str, np.ndarray], Any]:
-    """G samples of every prompt (one prefill each). Returns the batch arrays and the raw sampler output."""
+    """G samples of every prompt (one prefill each). Returns the batch arrays and the raw sampler output (host).
+
+    Multi-process: every process passes all prompts (`multihost.gather_sequences` of each process's own) and
+    receives every row.
+    """
     cfg = self.cfg
     out, prompt_tokens, prompt_mask, row_source = sampler.sample_from_tokens(
         self.model, prompts, max_new_tokens=cfg.max_new_tokens, num_samples=cfg.group_size,
@@ -138,11 +143,15 @@ class GRPOTrainer:
     return assemble_batch(prompt_tokens, prompt_mask, row_source, out), out
 
   def update(self, batch: dict[str, np.ndarray], rewards: np.ndarray) -> dict[str, float]:
-    """Group advantages from `rewards` f32[B*G], then `num_iterations` jitted steps on the batch."""
+    """Group advantages from `rewards` f32[B*G], then `num_iterations` jitted steps on the batch.
+
+    Multi-process: `batch` (from `rollout`) and `rewards` are the whole batch, the same on every process.
+    """
     cfg = self.cfg
+    completion_tokens = float(np.sum(multihost.to_host(batch["completion_mask"])))
     advantages = grpo.group_advantages(jnp.asarray(rewards, jnp.float32), cfg.group_size, eps=cfg.advantage_eps,
                                        std_ddof=cfg.advantage_std_ddof, scale_by_std=cfg.scale_advantages_by_std)
-    batch = dict(batch, advantages=advantages)
+    batch = place_batch(dict(batch, advantages=advantages), self.mesh, self.rules)  # global arrays, placed once
     if cfg.num_iterations > 1:  # mu > 1: ratios are against the rollout policy, fixed before the first update
       batch["old_logps"] = self._old_logps(self.model, batch)
     metrics = {}
@@ -152,5 +161,5 @@ class GRPOTrainer:
     groups = np.asarray(rewards).reshape(-1, cfg.group_size)
     metrics.update(reward_mean=float(np.mean(rewards)),
                    nonzero_advantage_groups=float(np.mean(groups.max(axis=1) > groups.min(axis=1))),
-                   completion_tokens=float(np.sum(batch["completion_mask"])))
+                   completion_tokens=completion_tokens)
     return metrics

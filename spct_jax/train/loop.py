@@ -74,8 +74,10 @@ class LoopConfig:
 class Preemption:
   """SIGTERM sets a flag; `reached(step)` is the one question the loop asks before deciding to stop.
 
-  A multi-process job answers it here for every host at once (orbax's `reached_preemption` or an all-reduced
-  flag), so all of them save the same step.
+  With several processes the answer is agreed: `reached` is true on every process as soon as the flag is set on
+  any (one all-gather of a flag per step), so all of them save the same step and exit together, even when the
+  signal reached only one host or reached them during different steps. Every process must call `reached` once
+  per step. (JAX's own preemption service is off: `sharding.maybe_initialize_distributed`.)
   """
 
   def __init__(self):
@@ -97,7 +99,7 @@ class Preemption:
 
   def reached(self, step: int) -> bool:
     del step
-    return self._requested
+    return multihost.any_process(self._requested)
 
 
 def non_finite(metrics: Mapping[str, Any]) -> str | None:

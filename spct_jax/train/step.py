@@ -15,9 +15,11 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
+from spct_jax import multihost
 from spct_jax import sharding as shd
 
 LossFn = Callable[[nnx.Module, Any, dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
@@ -110,13 +112,38 @@ def _shardings_of(tree):
   return jax.tree.map(lambda x: x.sharding, tree)
 
 
+def place_batch(batch: dict[str, Any], mesh: jax.sharding.Mesh | None, rules=shd.DEFAULT_RULES,
+                batch_logical_axes: dict[str, tuple[str | None, ...]] | None = None) -> dict[str, jax.Array]:
+  """The batch as jax arrays on `mesh`, each sharded by its logical axes (default: rows over `batch`).
+
+  A host array (numpy, or a jax array local to this process) is the WHOLE batch entry, the same on every process;
+  each process places its own shards (`multihost.host_to_global`). A process that holds only its own rows makes
+  them global first (`multihost.global_batch`). A global array already on the right sharding is kept; another
+  sharding is resharded. Without a mesh: `jnp.asarray`.
+  """
+  if mesh is None:
+    return {k: jnp.asarray(v) for k, v in batch.items()}
+  axes = batch_logical_axes or {}
+  out = {}
+  for name, value in batch.items():
+    target = jax.sharding.NamedSharding(mesh, shd.spec_for(
+        value.shape, axes.get(name, ("batch",) + (None,) * (len(value.shape) - 1)), mesh, rules))
+    if isinstance(value, jax.Array) and (target.is_fully_addressable or not value.is_fully_addressable):
+      out[name] = value if value.sharding.is_equivalent_to(target, value.ndim) else jax.device_put(value, target)
+    else:  # host data (or a process-local copy of it) for a sharding that spans processes
+      out[name] = multihost.host_to_global(np.asarray(value), target)
+  return out
+
+
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, state: TrainState, *,
                     mesh: jax.sharding.Mesh | None = None, rules=shd.DEFAULT_RULES,
                     batch_logical_axes: dict[str, tuple[str | None, ...]] | None = None):
   """Returns `step(state, aux, batch) -> metrics`, updating `state` in place (its buffers are donated).
 
-  With a mesh, parameters keep their logical-axis shardings, batch arrays are sharded over `batch` (first dim), and
-  the jit gets explicit in/out shardings; without one, jit places everything on the default device.
+  With a mesh, parameters keep their logical-axis shardings, batch arrays are sharded over `batch` (first dim;
+  `batch_logical_axes` names other layouts per entry) and placed by `place_batch` (host arrays: the whole batch,
+  the same on every process), and the jit gets explicit in/out shardings; without one, jit places everything on
+  the default device.
   """
   graphdef = state.graphdef
 
@@ -135,13 +162,6 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, st
   if mesh is None:
     jitted = jax.jit(update, donate_argnums=(0, 2))
   else:
-    batch_axes = batch_logical_axes or {}
-
-    def batch_shardings(batch):
-      return {name: jax.sharding.NamedSharding(mesh, shd.spec_for(
-          value.shape, batch_axes.get(name, ("batch",) + (None,) * (value.ndim - 1)), mesh, rules))
-              for name, value in batch.items()}
-
     trainable_sh = _shardings_of(state.trainable)
     opt_sh = _shardings_of(state.opt_state)
     compiled = {}
@@ -152,12 +172,12 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, st
         compiled[signature] = jax.jit(
             update, donate_argnums=(0, 2),
             in_shardings=(trainable_sh, _shardings_of(frozen), opt_sh,
-                          None if aux is None else _shardings_of(aux), batch_shardings(batch)),
+                          None if aux is None else _shardings_of(aux), _shardings_of(batch)),
             out_shardings=(trainable_sh, opt_sh, None))
       return compiled[signature](trainable, frozen, opt_state, aux, batch)
 
   def step(state: TrainState, aux: Any, batch: dict[str, Any]) -> dict[str, jax.Array]:
-    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    batch = place_batch(batch, mesh, rules, batch_logical_axes)
     state.trainable, state.opt_state, metrics = jitted(state.trainable, state.frozen, state.opt_state, aux, batch)
     state.step += 1
     return metrics
