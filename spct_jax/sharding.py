@@ -328,12 +328,11 @@ def _cpu_backend() -> bool:
   import importlib.util  # pylint: disable=g-import-not-at-top
   if importlib.util.find_spec("libtpu") is not None or importlib.metadata.entry_points(group="jax_plugins"):
     return False
-  try:
-    import jax_plugins  # pylint: disable=g-import-not-at-top  (namespace package of the CUDA / ROCm plugins)
-  except ImportError:
+  plugins = importlib.util.find_spec("jax_plugins")  # the namespace package of the CUDA / ROCm plugins, if any
+  if plugins is None:
     return True
   import pkgutil  # pylint: disable=g-import-not-at-top
-  return not any(True for _ in pkgutil.iter_modules(jax_plugins.__path__))
+  return not any(True for _ in pkgutil.iter_modules(plugins.submodule_search_locations))
 
 
 def maybe_initialize_distributed(*, coordinator_address: str | None = None, num_processes: int | None = None,
