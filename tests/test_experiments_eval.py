@@ -123,7 +123,8 @@ def test_eval_reports_metarm_at_k_beside_voting_at_k_from_the_same_samples(tmp_p
 
   # By hand from samples.jsonl: the meta scores are the meta RM's own logits of each trajectory (shown order),
   # and MetaRM@4 votes over the two samples with the highest of them.
-  model, meta_tokenizer = meta_rm.load_meta_rm(tmp_path / "meta")
+  model, meta_tokenizer = meta_rm.load_meta_rm(tmp_path / "meta", dtype=config.model.param_dtype,
+                                               compute_dtype=config.model.compute_dtype)  # as eval loads it
   scorer = meta_rm.as_meta_scorer(model, meta_tokenizer)
   pool = {item.uid: item for item in common.read_items("synthetic", config.data, pool=4 * 6)[0]}
   records = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]

@@ -249,6 +249,8 @@ def test_orbax_round_trip(dtype, tmp_path):
   _assert_flat_equal(got_flat, flat_from_model(model))
   loaded, loaded_tok = load_model(folder, dtype=dtype)
   _assert_flat_equal(flat_from_model(loaded), got_flat)
+  assert loaded.cfg.compute_dtype == dtype  # a saved model runs as saved unless told otherwise
+  assert load_model(folder, dtype=dtype, compute_dtype="float32")[0].cfg.compute_dtype == "float32"
   assert loaded_tok.serialized_model == tok.serialized_model
   assert load_tokenizer(folder).serialized_model == tok.serialized_model
   save_model(random_flat(cfg, seed=1), cfg, folder)  # Replacing an existing folder.

@@ -125,7 +125,8 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: str = "float32", compu
       "float32" on an AMX CPU (and what GPUs and TPUs run fast), at a parity cost measured on Gemma 3 270M over
       639 teacher-forced tokens against f32 compute: token log-probs differ by 0.012 on average (median 0.006,
       p99 0.07, max 0.19), the argmax agrees at 99.7% of positions (tests/test_hf_parity.py). Pass "float32"
-      for parity with a float32 reference.
+      for parity with a float32 reference. A folder written by `save_model` defaults to the compute dtype it was
+      saved with.
     mesh, rules: shard parameters over `mesh` by their logical axes (see spct_jax.sharding); None = one device.
     max_seq_len: override of the config's longest sequence (e.g. to bound KV caches).
     use_cache: reuse / store converted GGUF weights under `cache_dir()`.
@@ -140,7 +141,9 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: str = "float32", compu
   from spct_jax.model.params import model_from_flat  # Deferred: the readers work without flax.
 
   cfg, flat, tokenizer, source = load_flat(name_or_path, use_cache=use_cache)
-  compute_dtype = compute_dtype or ("float16" if dtype == "float16" else "bfloat16")
+  if compute_dtype is None:  # a save_model folder runs as it was saved (a trained GRM reloads unchanged)
+    saved = os.path.isfile(os.path.join(source, "spct_config.json"))
+    compute_dtype = cfg.compute_dtype if saved else ("float16" if dtype == "float16" else "bfloat16")
   cfg = cfg.replace(param_dtype=dtype, compute_dtype=compute_dtype,
                     max_seq_len=max_seq_len or cfg.max_seq_len)
   model = model_from_flat(cfg, flat, mesh=mesh, rules=rules, source=source)
