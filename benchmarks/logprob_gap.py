@@ -89,10 +89,10 @@ def train_logps(model, batch) -> np.ndarray:
 
 @functools.cache
 def models():
-  f32, tokenizer = load_model("gemma3-270m")
+  f32, tokenizer = load_model("gemma3-270m", compute_dtype="float32")
   bf16, _ = load_model("gemma3-270m", compute_dtype="bfloat16")
   # The bf16 model's weights, stored and multiplied in f32: isolates rounding the weights from rounding activations.
-  rounded, _ = load_model("gemma3-270m")
+  rounded, _ = load_model("gemma3-270m", compute_dtype="float32")
   state = nnx.state(rounded, nnx.Param)
   nnx.update(rounded, jax.tree.map(lambda a: a.astype(jnp.bfloat16).astype(jnp.float32), state))
   return {"f32": f32, "bf16": bf16, "bf16-weights-f32-compute": rounded}, tokenizer

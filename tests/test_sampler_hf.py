@@ -72,7 +72,7 @@ def test_sampled_log_probs_equal_the_train_steps_on_the_real_model():
   recomputes them with the train forward), so this noise does not enter the ratio at all; it bounds what a
   caller who reuses rollout log-probs would see.
   """
-  f32, tokenizer = load_model("gemma3-270m")
+  f32, tokenizer = load_model("gemma3-270m", compute_dtype="float32")
   real, sampled, (teacher,) = _sampled_and_teacher_logps(f32, tokenizer)
   assert np.abs(sampled - teacher)[real].max() < 1e-4
 
