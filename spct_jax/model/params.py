@@ -83,6 +83,10 @@ def check_flat(cfg: ModelConfig, flat: Mapping[str, np.ndarray], source: str) ->
 
 
 def flat_from_model(model: Transformer) -> dict[str, np.ndarray]:
-  """Gathers every parameter to host memory as numpy (works for sharded arrays)."""
+  """Gathers every parameter to host memory as numpy (sharded arrays too; with parameters sharded across
+  processes this is a collective, `multihost.to_host`: every process must call it)."""
+  from spct_jax import multihost  # pylint: disable=g-import-not-at-top
+
   _, state = nnx.split(model, nnx.Param)
-  return {"/".join(map(str, path)): np.asarray(jax.device_get(value)) for path, value in _flat_variables(state)}
+  flat = {"/".join(map(str, path)): value for path, value in _flat_variables(state)}
+  return {key: np.asarray(value) for key, value in multihost.to_host(flat).items()}

@@ -44,6 +44,19 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
   return out
 
 
+def _this_process_checkpointer():
+  """An orbax checkpointer for host (numpy) data that this process writes alone: in a multi-process job only
+  process 0 saves a model folder, and orbax's default would wait for the other processes at its barriers."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  if jax.process_count() == 1:
+    return ocp.PyTreeCheckpointer()
+  me = jax.process_index()
+  alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+  return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=alone), multiprocessing_options=alone)
+
+
 def save_model(model_or_flat, cfg: ModelConfig, folder: str | os.PathLike, *, tokenizer=None) -> pathlib.Path:
   """Saves parameters (in their current dtype), config and tokenizer; replaces an existing `folder`.
 
@@ -57,7 +70,7 @@ def save_model(model_or_flat, cfg: ModelConfig, folder: str | os.PathLike, *, to
     from spct_jax.model.params import flat_from_model
     flat = flat_from_model(model_or_flat)
   with files.atomic_path(folder, folder=True) as tmp:
-    with ocp.PyTreeCheckpointer() as ckptr:
+    with _this_process_checkpointer() as ckptr:
       ckptr.save(tmp / PARAMS_DIR, _nest({k: np.asarray(v) for k, v in flat.items()}))
     (tmp / CONFIG_NAME).write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
     if tokenizer is not None:
