@@ -27,7 +27,6 @@ import json
 import os
 import pathlib
 import sys
-import tempfile
 
 import common  # pylint: disable=g-bad-import-order  (also puts the repo root on sys.path)
 import machine as machine_lib  # pylint: disable=g-bad-import-order
@@ -205,25 +204,8 @@ def main(argv: list[str] | None = None) -> None:
   header = common.machine_header(f"Eval benchmark, voting@{K} ({'quick' if args.quick else 'full'})")
   print(header)
   spec = dict(settings(args.quick), quick=args.quick)
-  results, failed, machines = {}, [], []
-  with tempfile.TemporaryDirectory() as tmp:
-    spec_path = pathlib.Path(tmp) / "spec.json"
-    spec_path.write_text(json.dumps(spec))
-    for system in ["machine", *systems, "machine"]:
-      common.log(f"{system} ...")
-      try:
-        result = common.run_worker(__file__, ["--system", system, "--spec", str(spec_path)],
-                                   timeout_s=args.worker_timeout)
-      except RuntimeError as e:
-        common.log(f"{system} FAILED: {e}")
-        failed.append(system)
-        continue
-      if system == "machine":
-        machines.append(machine_lib.Machine.from_json(result))
-        common.log(f"  {machines[-1].describe()}")
-      else:
-        results[system] = result
-  machine = machine_lib.best_of(machines) if machines else None
+  results, failed, machine, machines = machine_lib.run_systems(__file__, spec, systems,
+                                                             timeout_s=args.worker_timeout)
   lines = [header]
   if machine:
     lines.append(f"Machine: {machine.describe()} ({machine_lib.spread(machines)}).\n")

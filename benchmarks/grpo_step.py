@@ -341,14 +341,14 @@ def main(argv: list[str] | None = None) -> None:
   spec = dict(settings(args.quick), logprob_chunk=args.logprob_chunk or None, trl_micro_batch=args.trl_micro_batch,
               device=args.device, peak_n=gpu_common.matmul_peak_shape(args.device)[0])
   spec["quick"] = args.quick
-  results, failed, machine, machines = {}, [], None, []
+  skipped = []  # systems that cannot run at all
   if args.random_weights:
     texts = TEXTS[:spec["items"] * spec["steps"]]
     try:  # Checked: the HF tokenizer TRL uses gives our ids for these texts.
       spec["model"] = str(gpu_common.ensure_random_folder(0, args.tokenizer, texts if args.tokenizer else []))
     except RuntimeError as e:  # Without a working HF tokenizer, ours still runs (TRL cannot).
       common.log(f"HF tokenizer FAILED: {e}")
-      failed += [s for s in systems if s.startswith("trl")]
+      skipped = [s for s in systems if s.startswith("trl")]
       systems = [s for s in systems if not s.startswith("trl")]
       spec["model"] = str(gpu_common.ensure_random_folder(0, None))
     if args.tokenizer:
@@ -356,25 +356,9 @@ def main(argv: list[str] | None = None) -> None:
       spec["prompt_ids"] = [tok.encode(t, add_bos=True) for t in texts]
     else:  # The lengths the tokenized TEXTS have (13-17), seeded.
       spec["prompt_ids"] = gpu_common.random_prompts(0, [13 + i % 5 for i in range(len(texts))])
-  env = gpu_common.worker_env(args.device)
-  with tempfile.TemporaryDirectory() as tmp:
-    spec_path = pathlib.Path(tmp) / "spec.json"
-    spec_path.write_text(json.dumps(spec))
-    for system in ["machine", *systems, "machine"]:
-      common.log("measuring the machine ..." if system == "machine" else f"{system} ...")
-      try:
-        result = common.run_worker(__file__, ["--system", system, "--spec", str(spec_path)],
-                                   timeout_s=args.worker_timeout, env=env)
-      except RuntimeError as e:  # Report the systems that did run.
-        common.log(f"{system} FAILED: {e}")
-        failed.append(system)
-        continue
-      if system == "machine":
-        machines.append(machine_lib.Machine.from_json(result))
-        machine = machine_lib.best_of(machines)
-        common.log(f"  {machines[-1].describe()}")
-      else:
-        results[system] = result
+  results, failed, machine, machines = machine_lib.run_systems(
+      __file__, spec, systems, timeout_s=args.worker_timeout, env=gpu_common.worker_env(args.device))
+  failed = skipped + failed
   lines = [header]
   if busy:
     lines.append("Other busy processes at start: " + "; ".join(busy) + "\n")

@@ -28,6 +28,7 @@ import os
 import pathlib
 import platform
 import sys
+import tempfile
 import time
 
 import common  # pylint: disable=g-bad-import-order  (also puts the repo root on sys.path)
@@ -151,6 +152,34 @@ def best_of(machines: list[Machine]) -> Machine:
   best = lambda field: {k: max(getattr(m, field)[k] for m in machines) for k in getattr(first, field)}
   return dataclasses.replace(first, bandwidth=best("bandwidth"), peak=best("peak"),
                              load=tuple(max(m.load[i] for m in machines) for i in range(len(first.load))))
+
+
+def run_systems(script: str, spec: dict, systems, *, timeout_s: float | None = None,
+                env: dict | None = None) -> tuple[dict, list[str], Machine | None, list[Machine]]:
+  """Measures the machine, runs each system, measures the machine again, each in its own worker of `script`
+  (`--system S --spec FILE`). A failed system is logged and listed; the others still run.
+
+  Returns (results per system, failed systems, the best machine measurement or None, all of them).
+  """
+  results, failed, machines = {}, [], []
+  with tempfile.TemporaryDirectory() as tmp:
+    spec_path = pathlib.Path(tmp) / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    for system in ["machine", *systems, "machine"]:
+      common.log("measuring the machine ..." if system == "machine" else f"{system} ...")
+      try:
+        result = common.run_worker(script, ["--system", system, "--spec", str(spec_path)], timeout_s=timeout_s,
+                                   env=env)
+      except RuntimeError as e:  # report the systems that did run
+        common.log(f"{system} FAILED: {e}")
+        failed.append(system)
+        continue
+      if system == "machine":
+        machines.append(Machine.from_json(result))
+        common.log(f"  {machines[-1].describe()}")
+      else:
+        results[system] = result
+  return results, failed, (best_of(machines) if machines else None), machines
 
 
 def worker_machine(spec: dict) -> dict:

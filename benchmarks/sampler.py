@@ -27,7 +27,6 @@ import json
 import os
 import pathlib
 import sys
-import tempfile
 
 import common  # pylint: disable=g-bad-import-order  (also puts the repo root on sys.path)
 import gpu_common  # pylint: disable=g-bad-import-order
@@ -324,25 +323,8 @@ def main(argv: list[str] | None = None) -> None:
   if args.random_weights:  # Prompts are ids already: no HF tokenizer needed here.
     spec["model"] = str(gpu_common.ensure_random_folder(0, None))
   spec["quick"], spec["peak_n"] = args.quick, gpu_common.matmul_peak_shape(args.device)[0]
-  results, failed, machine, machines = {}, [], None, []
-  with tempfile.TemporaryDirectory() as tmp:
-    spec_path = pathlib.Path(tmp) / "spec.json"
-    spec_path.write_text(json.dumps(spec))
-    for system in ["machine", *systems, "machine"]:
-      common.log(f"{system} ...")
-      try:
-        result = common.run_worker(__file__, ["--system", system, "--spec", str(spec_path)],
-                                   timeout_s=args.worker_timeout, env=gpu_common.worker_env(args.device))
-      except RuntimeError as e:  # Report the systems that did run.
-        common.log(f"{system} FAILED: {e}")
-        failed.append(system)
-        continue
-      if system == "machine":
-        machines.append(machine_lib.Machine.from_json(result))
-        machine = machine_lib.best_of(machines)
-        common.log(f"  {machines[-1].describe()}")
-      else:
-        results[system] = result
+  results, failed, machine, machines = machine_lib.run_systems(__file__, spec, systems,
+                                                             timeout_s=args.worker_timeout, env=gpu_common.worker_env(args.device))
   lines = [header]
   if machine:
     lines.append(f"Machine: {machine.describe()} ({machine_lib.spread(machines)}). Roofline: a decode step's "

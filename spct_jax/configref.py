@@ -154,18 +154,18 @@ def comment_for(site: Site) -> str | None:
   return " ".join(above) or None
 
 
-def _flatten(config, prefix: str = ""):
+def leaves(config, prefix: str = ""):
   """(dotted key, value, the dict holding it, its key) for every leaf, in insertion order."""
   for key in config.keys():
     value = config[key]
     if isinstance(value, config_dict.ConfigDict):
-      yield from _flatten(value, f"{prefix}{key}.")
+      yield from leaves(value, f"{prefix}{key}.")
     else:
       yield f"{prefix}{key}", value, config, key
 
 
 def _values(config) -> dict[str, Any]:
-  return {key: value for key, value, _, _ in _flatten(config)}
+  return {key: value for key, value, _, _ in leaves(config)}
 
 
 def describe(path: pathlib.Path, configs_dir: pathlib.Path = CONFIGS_DIR) -> Experiment:
@@ -173,7 +173,7 @@ def describe(path: pathlib.Path, configs_dir: pathlib.Path = CONFIGS_DIR) -> Exp
   module = _load(path)
   config, sites = _build(module, None, configs_dir)
   fields, missing = [], []
-  flat = [(key, value, sites.get((id(holder), name), [])) for key, value, holder, name in _flatten(config)]
+  flat = [(key, value, sites.get((id(holder), name), [])) for key, value, holder, name in leaves(config)]
   prefix = lambda key: ".".join(key.split(".")[:2])
   inherited = {prefix(key): pathlib.Path(f).stem for key, _, where in flat for f, _ in where
                if "." in key and pathlib.Path(f).name not in (path.name, "common.py")}

@@ -24,7 +24,7 @@ from typing import Any
 
 import ml_collections
 
-from spct_jax import files, multihost
+from spct_jax import configref, files, multihost
 from spct_jax.evaluators import metrics
 from spct_jax.experiments import validation, workdir as workdir_lib
 
@@ -40,21 +40,12 @@ LINK = re.compile(r"\{(" + "|".join(STAGES) + r")\}")
 RULES = (validation.subset_of("run_stages", STAGES),)
 
 
-def _walk(node: ml_collections.ConfigDict, prefix: str = ""):
-  for key in node.keys():
-    value = node[key]
-    if isinstance(value, ml_collections.ConfigDict):
-      yield from _walk(value, f"{prefix}{key}.")
-    else:
-      yield f"{prefix}{key}", node, key, value
-
-
 def resolve(stage: str, config: ml_collections.ConfigDict, folders: dict[str, str]) -> ml_collections.ConfigDict:
   """A copy of `config` with every `{stage}` link replaced by that stage's folder; a link to a stage that does not
   run before `stage` is an error naming the key."""
   resolved = ml_collections.ConfigDict(config.to_dict())
   earlier = set(STAGES[:STAGES.index(stage)])
-  for key, node, leaf, value in _walk(resolved):
+  for key, value, node, leaf in configref.leaves(resolved):
     if isinstance(value, str) and LINK.search(value):
       for target in LINK.findall(value):
         if target not in earlier:
@@ -67,8 +58,13 @@ def resolve(stage: str, config: ml_collections.ConfigDict, folders: dict[str, st
   return resolved
 
 
+def _as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as stage.json stores it (tuples as lists, anything else JSON lacks as its str)."""
+  return json.loads(json.dumps(config.to_dict(), default=str))
+
+
 def fingerprint(config: ml_collections.ConfigDict) -> str:
-  return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+  return hashlib.sha256(json.dumps(_as_json(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -89,7 +85,7 @@ def _finished(stage: str, folder, config: ml_collections.ConfigDict) -> dict[str
     return None
   record = json.loads(path.read_text())
   if record["fingerprint"] != fingerprint(config):
-    changed = _changed_keys(record["config"], json.loads(json.dumps(config.to_dict(), default=str)))
+    changed = _changed_keys(record["config"], _as_json(config))
     raise validation.ConfigError(
         f"stage {stage!r} finished in {folder} with another config (changed: {changed[:8]}); its outputs no longer "
         f"match config.stages.{stage}: remove {folder} to run it again, or restore the old values")
@@ -124,7 +120,7 @@ def run(config, workdir) -> dict[str, Any]:
       summaries[stage] = _summary(summary)
       if multihost.is_main_process():
         files.write_json({"stage": stage, "fingerprint": fingerprint(stage_config), "seconds": time.time() - start,
-                          "config": json.loads(json.dumps(stage_config.to_dict(), default=str)),
+                          "config": _as_json(stage_config),
                           "summary": summaries[stage]}, folder / STAGE_FILE)
     table = build_table(workdir, config)
     if table and multihost.is_main_process():
