@@ -1,6 +1,7 @@
 """The SPCT pipeline, one command: rft_generate -> rft -> grpo -> meta_rm -> eval of every stage (paper Table 3).
 
-  python -m spct_jax.main --config=configs/spct.py                # Gemma 3 270M, CPU; the held-out benchmarks
+  python -m spct_jax.main --config=configs/spct.py                # Gemma 3 270M, sized for the 2-core CPU (~2 h)
+  python -m spct_jax.main --config=configs/spct.py:full           # 400 held-out items, more data and steps (GPU)
   python -m spct_jax.main --config=configs/spct.py:smoke          # tiny random models, every stage in minutes (CI)
 
 Each stage is the experiment of the same name (eval_* are configs/eval.py), configured under config.stages.<stage>
@@ -14,9 +15,13 @@ Choices (the paper's setup scaled to one small model on a CPU):
   * the RFT teacher is the base model itself (the paper samples a larger one); RFT then GRPO start from it.
   * the meta RM's backbone is the trained GRM (the paper: a GRM-initialised scalar RM), trained on rft_generate's
     non-hinted trajectories plus fresh samples of the trained GRM on training items.
-  * evaluation on the four held-out benchmarks (LLMBar, RM-Bench, JudgeBench, RMB best-of-N), 100 items each that
-    fit the context; the base model with one worked demonstration (it parses nothing zero-shot), the trained GRMs
-    zero-shot as they were trained; greedy with position swap, Voting@1,2,4,8 at T = 0.5, MetaRM@k.
+  * evaluation on the four held-out benchmarks (LLMBar, RM-Bench, JudgeBench, RMB best-of-N), the first items of
+    each that fit the context; the base model with one worked demonstration (it parses nothing zero-shot), the
+    trained GRMs zero-shot as they were trained; greedy with position swap, Voting@1,2,4,8 at T = 0.5, MetaRM@k.
+  * sizes: the default fits about 2 hours of the 2-core CPU (measured on an AMD EPYC Zen 4: README "The SPCT
+    pipeline on Gemma 3 270M"): 64 RFT items, 24 SFT steps, 12 GRPO steps, 50 meta-RM steps, 16 items per benchmark (64 held-out
+    items: wide intervals). `full` is the issue-sized run: the stage configs' own sizes (256 RFT
+    items, 30 SFT and 20 GRPO steps) and 100 items per benchmark (400); most of a day on that CPU.
 """
 
 import importlib.util
@@ -31,13 +36,13 @@ def _sibling(name: str):
 
 
 common = _sibling("common")
-VARIANTS = ("smoke",)
+VARIANTS = ("smoke", "full")
 HELDOUT = ("llmbar", "rm_bench", "judgebench", "rmb_bon")  # never trained on (the RFT issue's overlap check)
 
 
 def get_config(arg: str | None = None):
   variants = common.parse_variants(arg, VARIANTS, "configs/spct.py")
-  variant = ",".join(sorted(variants)) or None
+  variant = "smoke" if "smoke" in variants else None  # the stage configs' own variant (`full` is this file's)
   c = common.base("spct")
   # Stages to run, in spct_jax.experiments.spct.STAGES order (a subset skips the others: their links must exist).
   c.run_stages = ("rft_generate", "rft", "grpo", "meta_rm", "eval_base", "eval_rft", "eval_final")
@@ -50,6 +55,7 @@ def get_config(arg: str | None = None):
   s.grpo = _sibling("grpo").get_config(variant)  # rule-based RL from the RFT model -> {grpo}/grm
   s.grpo.model.init = "pretrained"  # a saved model folder, not a preset
   s.grpo.model.name = "{rft}/grm"  # the RFT model
+  s.grpo.grm.num_demonstrations = 0  # rollouts prompted as the RFT model was trained (and is evaluated): zero-shot
   s.meta_rm = _sibling("meta_rm").get_config(variant)  # scalar head on the trained GRM
   s.meta_rm.model.init = "pretrained"  # the backbone: a saved model folder
   s.meta_rm.model.name = "{grpo}/grm"  # the GRM after GRPO
@@ -71,10 +77,19 @@ def get_config(arg: str | None = None):
     s.rft.data.eval_sources = ("llmbar",)  # the periodic held-out check (the table is from the eval stages)
     for stage in (s.eval_base, s.eval_rft, s.eval_final):
       stage.data.names = HELDOUT  # the four held-out benchmarks
-      stage.data.max_items = 100  # per benchmark, of the items that fit the context (400 in all)
+      stage.data.max_items = 100 if "full" in variants else 16  # per benchmark, of the items that fit the context
       stage.model.max_seq_len = 4096  # RMB best-of-N lists: median prompt ~2k Gemma tokens
       stage.evals.voting.batch_size = 4  # items per sampling call (x k rows)
       stage.evals.voting.ks = ()  # greedy (and position swap) for the training stages
+    if "full" not in variants:  # the CPU default: ~2 h on 2 cores (README)
+      s.rft_generate.data.num_items = 64  # of the mixed training stream
+      s.rft.total_steps = 24
+      s.rft.evals.heldout.every = 24  # one held-out check, at the end
+      s.grpo.total_steps = 12
+      s.grpo.evals.heldout.every = 12
+      s.meta_rm.fresh.num_items = 16  # x fresh.k = 4 samples of the trained GRM
+      s.meta_rm.total_steps = 50
+      s.meta_rm.evals.heldout.every = 50
     s.eval_rft.grm.num_demonstrations = 0  # prompted as trained (rft_generate's rft.train_demonstrations)
     s.eval_final.grm.num_demonstrations = 0
     s.eval_final.evals.voting.ks = (1, 2, 4, 8)  # k=1 sampled, Voting@8 (T = grm.temperature = 0.5)

@@ -101,3 +101,34 @@ def plot_metrics(records: list[dict[str, Any]], path: str | os.PathLike, *, keys
   if title:
     fig.suptitle(title, fontsize=11)
   _save(fig, path)
+
+
+def plot_table(table: dict[str, Any], path: str | os.PathLike, *, title: str = ""):
+  """Writes a PNG of the pipeline's Table 3 (spct_jax.experiments.spct.build_table): per row, the pooled accuracy
+  (ties broken at random, the paper's rule) with its 95% bootstrap interval, and strict accuracy beside it; the
+  position-swap consistency of the greedy rows as hollow diamonds. Chance for pairs is the dotted line at 50%."""
+  plt = _pyplot()
+
+  rows = table["rows"]
+  fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 2.5, 4.0))
+  positions = range(len(rows))
+  for i, row in enumerate(rows):
+    pooled = row["pooled"]
+    value, (low, high) = pooled["accuracy_tie_random"], pooled["ci95"]["accuracy_tie_random"]
+    ax.errorbar([i - 0.12], [100 * value], yerr=[[100 * (value - low)], [100 * (high - value)]], fmt="o",
+                color="C0", capsize=4, label="accuracy (random ties), 95% CI" if i == 0 else None)
+    if pooled["accuracy_strict"] is not None:
+      ax.plot([i + 0.12], [100 * pooled["accuracy_strict"]], "s", color="C1",
+              label="strict accuracy (Eq. 10)" if i == 0 else None)
+    if row.get("position_swap"):
+      ax.plot([i], [100 * row["position_swap"]["consistency"]], "D", mfc="none", color="C2",
+              label="position-swap consistency" if not any(r.get("position_swap") for r in rows[:i]) else None)
+  ax.axhline(50, color="grey", linestyle=":", linewidth=1)
+  ax.set_xticks(list(positions), [row["row"].replace(" ", "\n", 1) for row in rows], fontsize=8)
+  ax.set_ylabel("% of held-out items (pooled)")
+  ax.set_ylim(-2, 102)
+  ax.grid(alpha=0.3, axis="y")
+  ax.legend(fontsize=7, loc="upper left")
+  if title:
+    ax.set_title(title, fontsize=10)
+  _save(fig, path)

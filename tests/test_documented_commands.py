@@ -43,6 +43,8 @@ REAL = {  # spec -> overrides that keep the real-model run to one short step / o
     # item each); the chained stages themselves are the smoke row's (tiny models, every stage).
     "configs/spct.py": ["--config.run_stages=('eval_base',)", "--config.stages.eval_base.data.max_items=1",
                         "--config.stages.eval_base.grm.max_new_tokens=4"],
+    "configs/spct.py:full": ["--config.run_stages=('eval_base',)", "--config.stages.eval_base.data.max_items=1",
+                             "--config.stages.eval_base.grm.max_new_tokens=4"],
 }
 SMOKE = {  # spec -> (the spec that stands in for it, overrides appended)
     "configs/grpo.py": ("configs/grpo.py:smoke", ["--config.total_steps=2"]),
@@ -199,6 +201,7 @@ def check_pipeline(run_argv, workdir):
   from spct_jax.experiments import spct
   records = {p.parent.name: json.loads(p.read_text()) for p in workdir.glob(f"*/{spct.STAGE_FILE}")}
   table = json.loads((workdir / spct.TABLE_JSON).read_text())
+  assert (workdir / spct.TABLE_PNG).read_bytes()[:4] == b"\x89PNG"
   if "--config=configs/spct.py:smoke" not in run_argv:  # the real form: the base evaluation only
     assert set(records) == {"eval_base"} and [r["row"] for r in table["rows"]] == ["base greedy"]
     assert table["datasets"] == ["judgebench", "llmbar", "rm_bench", "rmb_bon"]

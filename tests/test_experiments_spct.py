@@ -64,7 +64,9 @@ def test_table_three_rows_from_the_eval_stages(tmp_path):
                                      "metarm@2": [1, 1, 1, 1]}}.items():
     (tmp_path / stage).mkdir()
     (tmp_path / stage / "results.json").write_text(json.dumps(_results(runs, swap)))
+  (tmp_path / "eval_base" / spct.STAGE_FILE).write_text(json.dumps({"seconds": 12.5, "summary": {"step": 0}}))
   table = spct.build_table(files.as_path(tmp_path), config)
+  assert table["stages"] == {"eval_base": {"seconds": 12.5, "summary": {"step": 0}}}  # what each stage cost
   assert [(r["row"], r["pooled"]["accuracy_tie_random"]) for r in table["rows"]] == [
       ("base greedy", 0.5), ("RFT greedy", 0.75), ("RFT+GRPO greedy", 1.0), ("RFT+GRPO k=1 sampled", 0.75),
       ("RFT+GRPO Voting@2", 0.75), ("RFT+GRPO MetaRM@2", 1.0)]

@@ -45,3 +45,20 @@ def test_a_metric_no_record_has_is_an_error_naming_it(tmp_path):
   with pytest.raises(KeyError, match=r"\['kl'\].*'loss'"):
     plotting.plot_metrics(RECORDS, tmp_path / "x.png", keys=("loss", "kl"))
   assert not (tmp_path / "x.png").exists()
+
+
+def test_table_figure_draws_each_row_with_its_interval_and_consistency(tmp_path, monkeypatch):
+  bars, marks = [], []
+  original_errorbar, original_plot = Axes.errorbar, Axes.plot
+  monkeypatch.setattr(Axes, "errorbar", lambda self, x, y, **kw: bars.append((x, y, kw["yerr"]))
+                      or original_errorbar(self, x, y, **kw))
+  monkeypatch.setattr(Axes, "plot", lambda self, *a, **kw: marks.append(a) or original_plot(self, *a, **kw))
+  pooled = lambda acc, low, high, strict: {"accuracy_tie_random": acc, "accuracy_strict": strict,
+                                           "ci95": {"accuracy_tie_random": [low, high]}}
+  table = {"rows": [{"row": "base greedy", "pooled": pooled(0.5, 0.4, 0.7, 0.25), "position_swap": {"consistency": 0.1}},
+                    {"row": "RFT+GRPO Voting@8", "pooled": pooled(0.75, 0.6, 0.8, None)}]}
+  plotting.plot_table(table, tmp_path / "table.png", title="t")
+  assert (tmp_path / "table.png").read_bytes()[:4] == b"\x89PNG"
+  assert [v for _, y, e in bars for v in (y[0], e[0][0], e[1][0])] == pytest.approx([50, 10, 20, 75, 15, 5])
+  # Row 0: strict accuracy and consistency; row 1 has neither (no strict value, no position swap).
+  assert [(list(x), list(y)) for x, y, _ in marks] == [([0.12], [25]), ([0], [10])]

@@ -8,9 +8,10 @@ fingerprint and summary); re-running the pipeline skips finished stages, and a k
 checkpoints or shards. A finished stage whose config has changed since is an error naming the changed keys: its
 outputs no longer match its config (remove its folder to re-run it).
 
-At the end, `table.json` / `table.md` hold the paper's Table 3 rows (base greedy, RFT greedy, RFT+GRPO greedy,
+At the end, `table.json` / `table.md` / `table.png` hold the paper's Table 3 rows (base greedy, RFT greedy, RFT+GRPO greedy,
 k=1 sampled, Voting@k, MetaRM@k) from the eval stages' results, per dataset and pooled over all held-out items,
-with 95% bootstrap intervals and position-swap consistency.
+with 95% bootstrap intervals and position-swap consistency; table.json also keeps each stage's wall time and
+summary.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import ml_collections
 
-from spct_jax import configref, files, multihost
+from spct_jax import configref, files, multihost, plotting
 from spct_jax.evaluators import metrics
 from spct_jax.experiments import validation, workdir as workdir_lib
 
@@ -35,7 +36,7 @@ STAGES = ("rft_generate", "rft", "grpo", "meta_rm", "eval_base", "eval_rft", "ev
 EXPERIMENT_OF = {"rft_generate": "rft_generate", "rft": "rft", "grpo": "grpo", "meta_rm": "meta_rm",
                  "eval_base": "eval", "eval_rft": "eval", "eval_final": "eval"}
 STAGE_FILE = "stage.json"
-TABLE_JSON, TABLE_MD = "table.json", "table.md"
+TABLE_JSON, TABLE_MD, TABLE_PNG = "table.json", "table.md", "table.png"
 LINK = re.compile(r"\{(" + "|".join(STAGES) + r")\}")
 RULES = (validation.subset_of("run_stages", STAGES),)
 
@@ -127,6 +128,7 @@ def run(config, workdir) -> dict[str, Any]:
       files.write_json(table, workdir / TABLE_JSON)
       text = format_table(table)
       files.write_lines([text], workdir / TABLE_MD)
+      plotting.plot_table(table, workdir / TABLE_PNG, title="SPCT stages, pooled over the held-out benchmarks")
       print(text, flush=True)
   return {"stages": summaries, "table": table}
 
@@ -182,7 +184,19 @@ def build_table(workdir, config) -> dict[str, Any] | None:
     rows.append(row)
   return {"rows": rows, "datasets": sorted({d for r in results.values() for d in r["datasets"]}),
           "items": {stage: {d: info["counts"]["items"] for d, info in r["datasets"].items()}
-                    for stage, r in results.items()}}
+                    for stage, r in results.items()},
+          "stages": _stage_records(workdir)}
+
+
+def _stage_records(workdir) -> dict[str, Any]:
+  """Per finished stage: its wall time and summary (stage.json), so the table says what it cost to make."""
+  records = {}
+  for stage in STAGES:
+    path = workdir / stage / STAGE_FILE
+    if path.exists():
+      record = json.loads(path.read_text())
+      records[stage] = {"seconds": record["seconds"], "summary": record["summary"]}
+  return records
 
 
 def _cell(value, interval=None) -> str:
