@@ -46,6 +46,9 @@ def get_config(arg: str | None = None):
   c = common.base("spct")
   # Stages to run, in spct_jax.experiments.spct.STAGES order (a subset skips the others: their links must exist).
   c.run_stages = ("rft_generate", "rft", "grpo", "meta_rm", "eval_base", "eval_rft", "eval_final")
+  # A folder (e.g. results/<name>, tracked in git) that receives the table (JSON, Markdown, PNG), the final
+  # model's accuracy-vs-k plot and the data reports of rft_generate and meta_rm at the end; "" = none.
+  c.publish_dir = ""
   c.stages = common.ml_collections.ConfigDict()  # one whole experiment config per stage
 
   s = c.stages

@@ -74,3 +74,7 @@ def test_table_three_rows_from_the_eval_stages(tmp_path):
   text = spct.format_table(table)
   assert "| base greedy | 50.0 | 50.0 [" in text and text.count("\n| RFT") == 5
   assert spct.build_table(files.as_path(tmp_path / "none"), config) is None
+  (tmp_path / spct.TABLE_MD).write_text(text)
+  published = files.as_path(tmp_path / "results" / "run")
+  assert spct.publish(files.as_path(tmp_path), published) == [spct.TABLE_MD]  # only what exists
+  assert (published / spct.TABLE_MD).read_text() == text

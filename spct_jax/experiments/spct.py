@@ -130,7 +130,28 @@ def run(config, workdir) -> dict[str, Any]:
       files.write_lines([text], workdir / TABLE_MD)
       plotting.plot_table(table, workdir / TABLE_PNG, title="SPCT stages, pooled over the held-out benchmarks")
       print(text, flush=True)
+      if config.publish_dir:
+        publish(workdir, files.as_path(config.publish_dir))
   return {"stages": summaries, "table": table}
+
+
+# What publish copies: (file under the pipeline workdir, its name in the publish folder).
+PUBLISHED = ((TABLE_JSON, TABLE_JSON), (TABLE_MD, TABLE_MD), (TABLE_PNG, TABLE_PNG),
+             ("eval_final/accuracy_vs_k.png", "accuracy_vs_k.png"), ("rft_generate/stats.json", "rft_generate_stats.json"),
+             ("meta_rm/data.json", "meta_rm_data.json"))
+
+
+def publish(workdir, folder) -> list[str]:
+  """Copies the pipeline's results (PUBLISHED, those that exist) into `folder`, each file atomically."""
+  folder.mkdir(parents=True, exist_ok=True)
+  copied = []
+  for source, name in PUBLISHED:
+    if (workdir / source).exists():
+      with files.atomic_write(folder / name, "wb") as f:
+        f.write((workdir / source).read_bytes())
+      copied.append(name)
+  print(f"== published {copied} to {folder}", flush=True)
+  return copied
 
 
 def _summary(summary: Any) -> Any:
