@@ -103,7 +103,7 @@ def run(config, workdir) -> dict[str, Any]:
 
     r = config.rft
     mesh, model, tokenizer, options, budget = common.build_run(config, devices=jax.local_devices(), hint=r.hinted)
-    items, selection = common.training_items(config.data, fits=budget.fits)
+    items, source_stats = common.training_items(config.data, fits=budget.fits)
     num_shards = min(r.num_shards, len(items))
     writer = trajectories.TrajectoryWriter(workdir / DATASET_DIR, num_shards, fingerprint=fingerprint(config, items))
     mine = list(range(jax.process_index(), num_shards, jax.process_count()))
@@ -138,7 +138,7 @@ def run(config, workdir) -> dict[str, Any]:
       return dict(summary, preempted=True, seconds=time.time() - start)
     _sync("rft_generate: every shard written")
     if multihost.is_main_process():
-      writer.finalize(stats_path=workdir / STATS_FILE, extra_stats={"selection": selection},
+      writer.finalize(stats_path=workdir / STATS_FILE, extra_stats={"selection": source_stats},
                       description=f"spct-jax RFT trajectories of {config.model.name} on "
                                   f"{list(config.data.train_sources)}")
     _sync("rft_generate: finalized")
@@ -146,6 +146,6 @@ def run(config, workdir) -> dict[str, Any]:
   per_source = {f"{key}/{source}": counts[key] for source, counts in written_stats["sources"].items()
                 for key in ("items_seen", "items_kept")}
   return {**summary, **written_stats["total"], **per_source,
-          "skipped_too_long": sum(s["skipped_too_long"] for s in selection.values()),
-          "dropped_shared_prompt": sum(s["dropped_shared_prompt"] for s in selection.values()),
+          "skipped_too_long": sum(s["skipped_too_long"] for s in source_stats.values()),
+          "dropped_shared_prompt": sum(s["dropped_shared_prompt"] for s in source_stats.values()),
           "seconds": time.time() - start}
