@@ -2,7 +2,7 @@
 
 configs/<experiment>.py loads this file by its path (see the top of configs/grpo.py), so `configs/` needs no
 package and any working directory works. Every field a piece sets is one that `spct_jax.experiments.common`
-reads; experiments override what differs.
+(or `selection`, for data) reads; experiments override what differs.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ Choices (the paper gives none of them):
   * hinted sampling on: an item whose N_RFT judgements are all wrong is sampled once more with "The best
     response is: Response j"; the hinted judgement is kept if correct and flagged.
   * data: the four training sources, 64 items each (`data.max_per_source`), 256 in all, mixed in one seeded
-    order; every held-out prompt is excluded (`experiments.common.training_items`).
+    order; every held-out prompt is excluded (`experiments.selection.training_items`).
 """
 
 import importlib.util

@@ -9,7 +9,7 @@ import pytest
 
 from spct_jax import meta_rm
 from spct_jax.evaluators import voting
-from spct_jax.experiments import common
+from spct_jax.experiments import common, selection
 from spct_jax.experiments import eval as eval_experiment
 from spct_jax.grm import templates
 
@@ -126,7 +126,7 @@ def test_eval_reports_metarm_at_k_beside_voting_at_k_from_the_same_samples(tmp_p
   model, meta_tokenizer = meta_rm.load_meta_rm(tmp_path / "meta", dtype=config.model.param_dtype,
                                                compute_dtype=config.model.compute_dtype)  # as eval loads it
   scorer = meta_rm.as_meta_scorer(model, meta_tokenizer)
-  pool = {item.uid: item for item in common.read_items("synthetic", config.data, pool=4 * 6)[0]}
+  pool = {item.uid: item for item in selection.read_items("synthetic", config.data, pool=4 * 6)[0]}
   records = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
   sampled = [r for r in records if r["mode"] == "sampled_k4"]
   assert len(sampled) == 6

@@ -15,7 +15,7 @@ from spct_jax import meta_rm, rft
 from spct_jax.data import meta_rm_examples as mx
 from spct_jax.data import synthetic, trajectories
 from spct_jax.data.synthetic_judge import SyntheticJudge
-from spct_jax.experiments import common, fresh_samples, validation
+from spct_jax.experiments import common, fresh_samples, selection, validation
 from spct_jax.experiments import meta_rm as meta_rm_exp
 from spct_jax.grm import reward
 from spct_jax.grm import scorer
@@ -128,7 +128,7 @@ def test_fresh_stage_writes_labelled_training_samples_and_skips_them_on_rerun(tm
   stage = fresh_samples.run_stage(config, tmp_path)
   assert stage["generated_shards"] == config.fresh.num_shards
   records = trajectories.read_trajectories(stage["directory"])
-  train, heldout = common.train_and_heldout(config.data)
+  train, heldout = selection.train_and_heldout(config.data)
   assert len(records) == 16 * config.fresh.k and not any(r.hinted for r in records)
   assert {r.uid for r in records} == {item.uid for item in train[:16]}  # training items only
   assert not {r.uid for r in records} & {item.uid for item in heldout}
@@ -174,7 +174,7 @@ def test_fresh_stage_samples_a_real_grm_folder(tmp_path):
   stage = fresh_samples.run_stage(config, tmp_path / "run")
   records = trajectories.read_trajectories(stage["directory"])
   assert len(records) == 4 and {r.sample_index for r in records} == {0, 1}
-  train, _ = common.train_and_heldout(config.data)
+  train, _ = selection.train_and_heldout(config.data)
   options = common.grm_options(config)
   for r in records:  # prompts of the training items, as the GRM options render them
     item = next(i for i in train if i.uid == r.uid)

@@ -12,7 +12,7 @@ import pytest
 import preempted_runs
 from scripted_grm import ScriptedGRM, larger_case
 from spct_jax import rft
-from spct_jax.experiments import common
+from spct_jax.experiments import common, selection
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -150,7 +150,7 @@ def test_unfinished_or_contaminated_data_is_refused(tmp_path, rft_dir):
       return [" reasons.\nScores: \\boxed{9, 2}"] * len(prompts)
 
   config = smoke_config(tmp_path / "contaminated")
-  heldout = common.eval_items(config.data)[0]  # exactly the items the evaluator holds out
+  heldout = selection.eval_items(config.data)[0]  # exactly the items the evaluator holds out
   write_rft_workdir(tmp_path / "contaminated", FirstWins(), heldout)
   with pytest.raises(ValueError, match=r"2 trained items per source \{'synthetic': 2\} have the prompt of a held-out"):
     rft_experiment.run(config, tmp_path / "run")

@@ -30,7 +30,7 @@ from spct_jax import evaluators as evaluators_lib
 from spct_jax import files, meta_rm, multihost, plotting
 from spct_jax.data import synthetic
 from spct_jax.evaluators import metrics, position_swap
-from spct_jax.experiments import common, validation, workdir as workdir_lib
+from spct_jax.experiments import common, selection, validation, workdir as workdir_lib
 
 v = validation
 RULES = (
@@ -39,8 +39,8 @@ RULES = (
     v.one_of("model.param_dtype", ("float32", "bfloat16")), v.one_of("model.compute_dtype", ("float32", "bfloat16")),
     v.integer("model.vocab_size", 1, optional=True),
     v.Rule("data.names", lambda names: isinstance(names, (tuple, list)) and bool(names) and all(
-        n in common.dataset_names() or str(n).endswith(".jsonl") for n in names),
-           f"a non-empty tuple of dataset names from {common.dataset_names()} or .jsonl files"),
+        n in selection.dataset_names() or str(n).endswith(".jsonl") for n in names),
+           f"a non-empty tuple of dataset names from {selection.dataset_names()} or .jsonl files"),
     v.integer("data.max_items", 0), v.integer("data.seed"), v.one_of("data.sampling", ("stratified", "uniform")),
     v.int_or_range("data.num_responses", 1, synthetic.MAX_RESPONSES), v.subset_of("data.kinds", synthetic.KINDS),
     v.one_of("data.difficulty", synthetic.DIFFICULTIES),
@@ -87,8 +87,8 @@ def run(config, workdir) -> dict[str, Any]:
   if config.meta_rm.path:
     meta_rm.read_config(config.meta_rm.path)  # fail before the GRM loads
   names = list(config.data.names)
-  if any(n != common.SYNTHETIC and not n.endswith(".jsonl") for n in names):
-    common.data_root(config.data)  # fail before the model loads
+  if any(n != selection.SYNTHETIC and not n.endswith(".jsonl") for n in names):
+    selection.data_root(config.data)  # fail before the model loads
   progress = bool(config.progress) and multihost.is_main_process()
   with workdir_lib.locked(workdir) as workdir:
     mesh = common.build_mesh(config)
@@ -97,15 +97,15 @@ def run(config, workdir) -> dict[str, Any]:
     meta_scorer, meta_info = load_meta_scorer(config, mesh)
     load_s = time.time() - start
     options = common.grm_options(config)
-    budget = common.ContextBudget(tokenizer, options, model.cfg.max_seq_len)
+    budget = selection.ContextBudget(tokenizer, options, model.cfg.max_seq_len)
     samples = dict(spec, samples=bool(config.output.samples))
 
     datasets, records = {}, []
     for name in names:
       read_start = time.time()
-      pool, read_stats = common.read_items(name, config.data, pool=4 * (config.data.max_items or 64))
-      items, too_long = common.select_slice(pool, budget, seed=config.data.seed, sampling=config.data.sampling,
-                                            max_items=config.data.max_items)
+      pool, read_stats = selection.read_items(name, config.data, pool=4 * (config.data.max_items or 64))
+      items, too_long = selection.select_slice(pool, budget, seed=config.data.seed, sampling=config.data.sampling,
+                                               max_items=config.data.max_items)
       if not items:
         raise ValueError(f"dataset {name!r}: no item fits model.max_seq_len={config.model.max_seq_len} with "
                          f"grm.max_new_tokens={config.grm.max_new_tokens} ({too_long} too long)")

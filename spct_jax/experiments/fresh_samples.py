@@ -8,7 +8,7 @@
   batch_size   items per sampling call
   num_shards   work shards (a kill loses at most one shard's work)
   error_rate   the synthetic judge's fraction of wrong judgements
-Items are the TRAINING split of `config.data` (`common.train_and_heldout`: the held-out items are never sampled);
+Items are the TRAINING split of `config.data` (`selection.train_and_heldout`: the held-out items are never sampled);
 sampling follows `config.grm` (template, temperature, output prefix, stop rule). Each sample is recorded by
 `rft.generate_shard(..., hinted=False)`: a `Trajectory` with its Eq. 10 label, in the same TFDS / ArrayRecord
 format that rft_generate writes, under `<workdir>/fresh/trajectories/` (+ `fresh/stats.json`). Shards are written
@@ -28,7 +28,7 @@ import jax
 
 from spct_jax import files, multihost, rft
 from spct_jax.data import readers
-from spct_jax.experiments import common
+from spct_jax.experiments import common, selection
 from spct_jax.grm import GRM
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def _sha(value: Any) -> str:
 
 def candidate_items(config) -> list:
   """The training items the stage samples (before the GRM's context budget drops any)."""
-  train, _ = common.train_and_heldout(config.data)
+  train, _ = selection.train_and_heldout(config.data)
   return train[:config.fresh.num_items or None]
 
 
@@ -62,7 +62,7 @@ def _build_grm(config, items, options, mesh):
   model_cfg.name, model_cfg.init = f.grm, "pretrained"
   model, tokenizer = common.build_model(model_cfg, mesh)
   grm = GRM(model, tokenizer, mesh=mesh, **dataclasses.asdict(options))
-  return grm, common.ContextBudget(tokenizer, options, model.cfg.max_seq_len)
+  return grm, selection.ContextBudget(tokenizer, options, model.cfg.max_seq_len)
 
 
 def run_stage(config, workdir, mesh=None) -> dict[str, Any] | None:
@@ -86,12 +86,12 @@ def run_stage(config, workdir, mesh=None) -> dict[str, Any] | None:
   if pending:
     grm, budget = _build_grm(config, items, options, mesh)
     if budget is not None:  # a function of the GRM's tokenizer and options: the same on every re-run
-      items, _ = common.drop_too_long(items, budget, f"fresh samples of {config.data.name!r}")
+      items, _ = selection.drop_too_long(items, budget, f"fresh samples of {config.data.name!r}")
     for shard in pending:
       shard_items = readers.shard_for_process(items, shard, f.num_shards)
       records = []
       if shard_items:
-        with common.naming_items(shard_items, f"fresh samples, shard {shard}"):
+        with selection.naming_items(shard_items, f"fresh samples, shard {shard}"):
           records, _ = rft.generate_shard(grm, shard_items, shard=shard, batch_size=f.batch_size, seed=config.seed,
                                           n_rft=f.k, hinted=False)
       writer.write(shard, records)

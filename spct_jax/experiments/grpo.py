@@ -23,7 +23,7 @@ import numpy as np
 
 from spct_jax import evaluators as evaluators_lib
 from spct_jax import multihost
-from spct_jax.experiments import common, validation, workdir as workdir_lib
+from spct_jax.experiments import common, selection, validation, workdir as workdir_lib
 from spct_jax.grm import reward, scorer
 from spct_jax.train import loop
 from spct_jax.train.grpo_trainer import GRPOConfig, GRPOTrainer
@@ -90,7 +90,7 @@ class GRPOBody:
     # This process's items (its rows of the batch): it builds their prompts and scores their rollouts.
     rows = multihost.process_rows(len(step_items), mesh)
     items = step_items[rows]
-    with common.naming_items(items, f"GRPO step {step + 1}"):
+    with selection.naming_items(items, f"GRPO step {step + 1}"):
       prompts, perms = self._prompts(items, step)
       encoded = multihost.gather_sequences([tok.encode(p, add_bos=True) for p in prompts], len(step_items), mesh)
       batch, out = self.trainer.rollout(encoded, seed=jax.random.fold_in(jax.random.key(self.seed), step),
@@ -115,7 +115,7 @@ class GRPOBody:
 
 def run(config, workdir) -> dict:
   validation.check(config, RULES + validation.evals(config))
-  common.check_sources((config.data.name,), where="config.data.name")  # a held-out benchmark is never trained on
+  selection.check_sources((config.data.name,), where="config.data.name")  # a held-out benchmark is never trained on
   specs = {name: evaluators_lib.spec_from_config(spec, name) for name, spec in config.evals.items()}
   if config.data.eval_items == 0 and any(spec.every for spec in specs.values()):
     raise validation.ConfigError("config.data.eval_items=0 leaves no held-out items for config.evals "
@@ -123,8 +123,8 @@ def run(config, workdir) -> dict:
                                  "data.eval_items >= 1")
   with workdir_lib.locked(workdir) as workdir:
     mesh, model, tokenizer, options, budget = common.build_run(config)
-    loaded, heldout, dropped = common.split_items(config.data)
-    train_items, skipped = common.drop_too_long(loaded, budget, f"training items of {config.data.name!r}")
+    loaded, heldout, dropped = selection.split_items(config.data)
+    train_items, skipped = selection.drop_too_long(loaded, budget, f"training items of {config.data.name!r}")
     sources = collections.Counter(item.source for item in loaded)
     data_metrics = {"train_items": float(len(train_items)),
                     **{f"skipped_too_long/{s}": float(skipped.get(s, 0)) for s in sorted(sources)},
@@ -133,7 +133,7 @@ def run(config, workdir) -> dict:
     for name, spec in config.evals.items():
       if not specs[name].every:
         continue
-      items, held_skipped = common.drop_too_long(heldout, budget, f"held-out items of {config.data.name!r}")
+      items, held_skipped = selection.drop_too_long(heldout, budget, f"held-out items of {config.data.name!r}")
       evaluators[name] = evaluators_lib.from_config(spec, name=name, items=items, tokenizer=tokenizer,
                                                     options=options, mesh=mesh, seed=config.seed,
                                                     skipped={"too_long": sum(held_skipped.values())})

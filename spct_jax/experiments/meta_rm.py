@@ -34,7 +34,7 @@ from spct_jax import sharding as shd
 from spct_jax.data import meta_rm_examples as mx
 from spct_jax.data import synthetic
 from spct_jax.evaluators import metrics as metrics_lib
-from spct_jax.experiments import common, fresh_samples, validation, workdir as workdir_lib
+from spct_jax.experiments import common, fresh_samples, selection, validation, workdir as workdir_lib
 from spct_jax.grm import templates
 from spct_jax.train import loop
 from spct_jax.train.step import OptimizerConfig, init_train_state, make_optimizer, make_train_step
@@ -91,7 +91,7 @@ def load_examples(config, fresh_dir: str | None) -> tuple[list[mx.MetaRMExample]
   examples, counts = [], {}
   for name, directory in origins:
     records = trajectories.read_trajectories(directory, hinted=False)
-    common.check_disjoint([t.item() for t in records], [])  # no trajectory of a held-out benchmark's item
+    selection.check_disjoint([t.item() for t in records], [])  # no trajectory of a held-out benchmark's item
     part = mx.examples_from_trajectories(records, chat_style=config.meta_rm.chat_style,
                                          valid_only=config.meta_rm.valid_only)
     counts[name] = len(part)

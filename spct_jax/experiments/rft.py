@@ -28,7 +28,7 @@ import numpy as np
 
 from spct_jax import evaluators as evaluators_lib
 from spct_jax import files, multihost
-from spct_jax.experiments import common, rft_generate, validation, workdir as workdir_lib
+from spct_jax.experiments import common, rft_generate, selection, validation, workdir as workdir_lib
 from spct_jax.train import loop
 from spct_jax.train.sft import sft_objective
 from spct_jax.train.step import OptimizerConfig, init_train_state, make_optimizer, make_train_step
@@ -38,7 +38,7 @@ RULES = (
     v.integer("seed"), v.integer("total_steps", 1), v.integer("batch_size", 1), *v.checkpoint_rules(),
     *v.model_rules(), *v.grm_rules(),
     v.string("data.rft_dir"),
-    common.dataset_names_rule("data.eval_sources"), v.integer("data.eval_items", 1), v.integer("data.seed"),
+    selection.dataset_names_rule("data.eval_sources"), v.integer("data.eval_items", 1), v.integer("data.seed"),
     *v.synthetic_rules(), v.boolean("data.pack"), v.integer("data.shuffle_buffer_size", 1),
     v.integer("data.max_inputs_length", 2, optional=True), v.integer("data.max_targets_length", 1, optional=True),
     *v.optimizer_rules(), v.integer("logprob_chunk_size", 1, optional=True), v.string("export"),
@@ -114,8 +114,8 @@ def run(config, workdir) -> dict[str, Any]:
       raise ValueError(f"{directory}: no kept trajectories, nothing to fine-tune on (see "
                        f"{files.as_path(config.data.rft_dir) / rft_generate.STATS_FILE})")
     trained = list({t.uid: t.item() for t in kept}.values())
-    heldout, too_long = common.eval_items(config.data, budget)
-    _, shared = common.check_disjoint(trained, heldout)
+    heldout, too_long = selection.eval_items(config.data, budget)
+    _, shared = selection.check_disjoint(trained, heldout)
     if shared:
       raise ValueError(f"{directory}: {sum(shared.values())} trained items per source {shared} have the prompt of a "
                        f"held-out item of data.eval_sources={list(config.data.eval_sources)}; regenerate the data "

@@ -1,6 +1,6 @@
 """`python -m spct_jax.main --config=configs/rft_generate.py`: RFT data by rejective sampling (spec sec. 3).
 
-The training stream (`common.training_items`: data.train_sources mixed in one seeded order, no held-out prompt,
+The training stream (`selection.training_items`: data.train_sources mixed in one seeded order, no held-out prompt,
 items too long for the context skipped and counted) is cut into rft.num_shards work shards, shard s =
 items[s::num_shards]. Each process samples its own shards (s % process_count == process index) with a model on
 its own devices (`rft.generate_shard`: N_RFT judgements per item in one batched call per batch, the correct ones
@@ -30,7 +30,7 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from spct_jax import files, multihost, rft
-from spct_jax.experiments import common, validation, workdir as workdir_lib
+from spct_jax.experiments import common, selection, validation, workdir as workdir_lib
 from spct_jax.grm import GRM
 from spct_jax.train import loop
 
@@ -96,14 +96,14 @@ class _Progress:
 
 def run(config, workdir) -> dict[str, Any]:
   validation.check(config, RULES)
-  common.check_sources(tuple(config.data.train_sources), tuple(config.data.eval_sources))
+  selection.check_sources(tuple(config.data.train_sources), tuple(config.data.eval_sources))
   start = time.time()
   with workdir_lib.locked(workdir) as workdir:
     from spct_jax.data import trajectories  # pylint: disable=g-import-not-at-top  (TensorFlow: data modules only)
 
     r = config.rft
     mesh, model, tokenizer, options, budget = common.build_run(config, devices=jax.local_devices(), hint=r.hinted)
-    items, selection = common.training_items(config.data, fits=budget.fits)
+    items, source_stats = selection.training_items(config.data, fits=budget.fits)
     num_shards = min(r.num_shards, len(items))
     writer = trajectories.TrajectoryWriter(workdir / DATASET_DIR, num_shards, fingerprint=fingerprint(config, items))
     mine = list(range(jax.process_index(), num_shards, jax.process_count()))
@@ -119,7 +119,7 @@ def run(config, workdir) -> dict[str, Any]:
     sampling_start, written, preempted = time.time(), 0, False
     with loop.Preemption() as preemption:
       for shard in pending:
-        with common.naming_items(shard_items(shard), f"rft_generate shard {shard}"):
+        with selection.naming_items(shard_items(shard), f"rft_generate shard {shard}"):
           records, _ = rft.generate_shard(grm, shard_items(shard), shard=shard, batch_size=r.batch_size,
                                           seed=config.seed, n_rft=r.n_rft, hinted=r.hinted, on_batch=progress,
                                           **demos)
@@ -138,7 +138,7 @@ def run(config, workdir) -> dict[str, Any]:
       return dict(summary, preempted=True, seconds=time.time() - start)
     _sync("rft_generate: every shard written")
     if multihost.is_main_process():
-      writer.finalize(stats_path=workdir / STATS_FILE, extra_stats={"selection": selection},
+      writer.finalize(stats_path=workdir / STATS_FILE, extra_stats={"selection": source_stats},
                       description=f"spct-jax RFT trajectories of {config.model.name} on "
                                   f"{list(config.data.train_sources)}")
     _sync("rft_generate: finalized")
@@ -146,6 +146,6 @@ def run(config, workdir) -> dict[str, Any]:
   per_source = {f"{key}/{source}": counts[key] for source, counts in written_stats["sources"].items()
                 for key in ("items_seen", "items_kept")}
   return {**summary, **written_stats["total"], **per_source,
-          "skipped_too_long": sum(s["skipped_too_long"] for s in selection.values()),
-          "dropped_shared_prompt": sum(s["dropped_shared_prompt"] for s in selection.values()),
+          "skipped_too_long": sum(s["skipped_too_long"] for s in source_stats.values()),
+          "dropped_shared_prompt": sum(s["dropped_shared_prompt"] for s in source_stats.values()),
           "seconds": time.time() - start}
