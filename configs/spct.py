@@ -19,9 +19,10 @@ Choices (the paper's setup scaled to one small model on a CPU):
     each that fit the context; the base model with one worked demonstration (it parses nothing zero-shot), the
     trained GRMs zero-shot as they were trained; greedy with position swap, Voting@1,2,4,8 at T = 0.5, MetaRM@k.
   * sizes: the default fits about 2 hours of the 2-core CPU (measured on an AMD EPYC Zen 4: README "The SPCT
-    pipeline on Gemma 3 270M"): 64 RFT items, 24 SFT steps, 12 GRPO steps, 50 meta-RM steps, 16 items per benchmark (64 held-out
-    items: wide intervals). `full` is the issue-sized run: the stage configs' own sizes (256 RFT
-    items, 30 SFT and 20 GRPO steps) and 100 items per benchmark (400); most of a day on that CPU.
+    pipeline on Gemma 3 270M"): 64 RFT items at T = 0.5, 10 SFT steps, 12 GRPO steps, 50 meta-RM steps, 12 items
+    per benchmark (48 held-out items: wide intervals). `full` is the issue-sized run: the stage configs' own sizes
+    (256 RFT items, 30 SFT and 20 GRPO steps, 200 meta-RM steps) and 100 items per benchmark (400); most of a day
+    on that CPU.
 """
 
 import importlib.util
@@ -84,7 +85,7 @@ def get_config(arg: str | None = None):
     s.rft.data.eval_sources = ("llmbar",)  # the periodic held-out check (the table is from the eval stages)
     for stage in (s.eval_base, s.eval_rft, s.eval_final):
       stage.data.names = HELDOUT  # the four held-out benchmarks
-      stage.data.max_items = 100 if "full" in variants else 16  # per benchmark, of the items that fit the context
+      stage.data.max_items = 100 if "full" in variants else 12  # per benchmark, of the items that fit the context
       stage.model.max_seq_len = 4096  # RMB best-of-N lists: median prompt ~2k Gemma tokens
       stage.evals.voting.batch_size = 4  # items per sampling call (x k rows)
       stage.evals.voting.ks = ()  # greedy (and position swap) for the training stages
