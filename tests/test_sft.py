@@ -129,6 +129,11 @@ def test_target_index_lists_each_rows_targets_in_order_padded_to_a_multiple():
     np.testing.assert_array_equal(out["decoder_target_weights"][r], (np.arange(384) < n).astype(np.float32))
   with pytest.raises(ValueError, match="multiple"):
     sft.with_target_index(batch, multiple=0)
+  # An agreed width (every process of a step pads to the largest): wider is padding, narrower an error.
+  assert sft.target_width(weights, multiple=2) == 4
+  np.testing.assert_array_equal(sft.with_target_index(batch, width=6)["decoder_target_index"][0], [1, 2, 4, 0, 0, 0])
+  with pytest.raises(ValueError, match="width=2 would drop targets: a row has 3"):
+    sft.with_target_index(batch, width=2)
 
 
 def _max_differences(a, b):

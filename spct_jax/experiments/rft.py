@@ -31,7 +31,7 @@ from spct_jax import evaluators as evaluators_lib
 from spct_jax import files, multihost
 from spct_jax.experiments import common, rft_generate, selection, validation, workdir as workdir_lib
 from spct_jax.train import loop
-from spct_jax.train.sft import sft_objective, with_target_index
+from spct_jax.train.sft import sft_objective, target_width, with_target_index
 from spct_jax.train.step import OptimizerConfig, init_train_state, make_optimizer, make_train_step
 
 v = validation
@@ -89,7 +89,9 @@ class SFTBody:
     return next(self._batches)
 
   def __call__(self, step: int) -> dict[str, float]:
-    batch = with_target_index(self.batch(step))  # the loss then runs the LM head at the targets only (train.sft)
+    batch = self.batch(step)
+    # The loss then runs the LM head at the targets only (train.sft); every process pads to the same width.
+    batch = with_target_index(batch, width=multihost.agree_max(target_width(batch["decoder_loss_weights"])))
     t0 = time.perf_counter()
     metrics = {k: float(x) for k, x in multihost.to_host(self.train_step(self.state, None, batch)).items()}
     segments = batch["decoder_segment_ids"]

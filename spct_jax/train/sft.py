@@ -37,21 +37,32 @@ BATCH_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_wei
 TARGET_KEYS = ("decoder_target_index", "decoder_target_weights")
 
 
-def with_target_index(batch: Mapping[str, np.ndarray], multiple: int = 128) -> dict[str, np.ndarray]:
+def target_width(weights: np.ndarray, multiple: int = 128) -> int:
+  """M for `with_target_index`: the largest row's count of weight > 0, rounded up to a multiple of `multiple`, at
+  least `multiple`, at most L."""
+  if multiple < 1:
+    raise ValueError(f"multiple must be positive, got {multiple}")
+  counts = (np.asarray(weights) > 0).sum(axis=1)
+  return min(weights.shape[1], multiple * max(1, -(-int(counts.max(initial=0)) // multiple)))
+
+
+def with_target_index(batch: Mapping[str, np.ndarray], multiple: int = 128, *,
+                      width: int | None = None) -> dict[str, np.ndarray]:
   """The batch plus `decoder_target_index` int32[B, M] and `decoder_target_weights` f32[B, M] (host side, numpy).
 
   Row r's index lists its positions with `decoder_loss_weights > 0` in order, then position 0 as padding (weight
-  0). M = the largest row count rounded up to a multiple of `multiple`, at least `multiple`, and at most L (no row
-  can have more than L targets): no target is ever dropped.
+  0). M = `width`, by default `target_width` (the largest row count rounded up to a multiple of `multiple`, at
+  least `multiple`, at most L); processes of one step pass the agreed (largest) width, so their shapes match. A
+  width that would drop a target is an error.
   """
-  if multiple < 1:
-    raise ValueError(f"multiple must be positive, got {multiple}")
   weights = np.asarray(batch["decoder_loss_weights"])
   if weights.ndim != 2:
     raise ValueError(f"decoder_loss_weights must be [B, L], got {weights.shape}")
   on = weights > 0
   counts = on.sum(axis=1)
-  width = min(weights.shape[1], multiple * max(1, -(-int(counts.max(initial=0)) // multiple)))
+  width = target_width(weights, multiple) if width is None else min(int(width), weights.shape[1])
+  if width < int(counts.max(initial=0)):
+    raise ValueError(f"width={width} would drop targets: a row has {int(counts.max())}")
   # A stable sort of "not a target" puts each row's targets first, in position order.
   index = np.argsort(~on, axis=1, kind="stable")[:, :width]
   real = np.arange(width)[None, :] < counts[:, None]
