@@ -91,8 +91,8 @@ def get_config(arg: str | None = None):
       stage.evals.voting.ks = ()  # greedy (and position swap) for the training stages
     if "full" not in variants:  # the CPU default: ~2 h on 2 cores (README)
       s.rft_generate.data.num_items = 64  # of the mixed training stream
-      # One pass over the ~80 kept judgements (~8 per packed step of 4 x 2560 tokens). A step takes ~110 s on
-      # the 2-core Zen 4: the loss reads the LM head's logits at every position, not only the judgement's.
+      # One pass over the ~80 kept judgements (~8 per packed step of 4 x 2560 tokens). A step took ~110 s on
+      # the 2-core Zen 4 with the LM head at every position; it now runs at the judgement tokens only (not re-timed).
       s.rft.total_steps = 10
       s.rft.evals.heldout.every = 10  # one held-out check, at the end
       s.grpo.total_steps = 12

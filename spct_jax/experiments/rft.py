@@ -7,8 +7,9 @@ lengths come from the data (the longest prompt and judgement, the prompt cut so 
 longer examples are dropped, never trimmed, and counted (`sft_examples_dropped`). The batch stream is seqio's,
 shuffled with config.seed and repeated; step s reads its s-th batch, so a resumed run skips to it and continues
 exactly like an uninterrupted one.
-Objective: next-token cross-entropy on the judgement tokens only (`train.sft.sft_objective`), one jitted sharded
-step (`train.step.make_train_step`). Resume, preemption, metrics.jsonl, the NaN stop, the progress bar and the
+Objective: next-token cross-entropy on the judgement tokens only (`train.sft.sft_objective`; each batch gets
+`train.sft.with_target_index`, so the LM head runs at those tokens only), one jitted sharded step
+(`train.step.make_train_step`). Resume, preemption, metrics.jsonl, the NaN stop, the progress bar and the
 periodic held-out evaluation (`config.evals.heldout` on data.eval_items items of data.eval_sources, which must share
 no source or prompt with the trajectories' items) are `train.loop`'s.
 At the last step the trained weights are exported to `<workdir>/<config.export>` (default `grm/`) with
@@ -30,7 +31,7 @@ from spct_jax import evaluators as evaluators_lib
 from spct_jax import files, multihost
 from spct_jax.experiments import common, rft_generate, selection, validation, workdir as workdir_lib
 from spct_jax.train import loop
-from spct_jax.train.sft import sft_objective
+from spct_jax.train.sft import sft_objective, target_width, with_target_index
 from spct_jax.train.step import OptimizerConfig, init_train_state, make_optimizer, make_train_step
 
 v = validation
@@ -89,6 +90,8 @@ class SFTBody:
 
   def __call__(self, step: int) -> dict[str, float]:
     batch = self.batch(step)
+    # The loss then runs the LM head at the targets only (train.sft); every process pads to the same width.
+    batch = with_target_index(batch, width=multihost.agree_max(target_width(batch["decoder_loss_weights"])))
     t0 = time.perf_counter()
     metrics = {k: float(x) for k, x in multihost.to_host(self.train_step(self.state, None, batch)).items()}
     segments = batch["decoder_segment_ids"]
