@@ -89,7 +89,7 @@ class _Progress:
     self.stats = rft.merge_stats(self.stats, stats)
     self.trajectories += len(records)
     total = rft.merge_stats(*({"": s} for s in self.stats.values()))[""]
-    self.bar.update(total.items_seen - (self.bar.n - self.bar.initial))
+    self.bar.update(sum(s.items_seen for s in stats.values()))  # (a disabled bar has no .initial to count from)
     self.bar.set_postfix(kept=total.items_kept, too_easy=total.items_too_easy, wrong=total.items_rejected_wrong,
                          hinted=total.hinted_kept, parse_fail=total.parse_failures)
 
