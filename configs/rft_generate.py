@@ -6,9 +6,10 @@
 
 Writes <workdir>/trajectories/ (a TFDS ArrayRecord dataset of every sampled judgement, kept or not: RFT's SFT
 reads the kept ones, the meta RM the non-hinted ones) and <workdir>/stats.json (per source: items seen, kept, too
-easy, rejected wrong, hinted tried / kept, parse failures; how the items were selected). The dataset is finished
-when trajectories/dataset_info.json exists; re-running the command on a killed run's workdir finishes it, and the
-result equals an uninterrupted run's. configs/rft.py reads it (`--config.data.rft_dir=<this workdir>`).
+easy, rejected wrong, hinted tried / kept, position hinted tried / kept, parse failures; how the items were
+selected). The dataset is finished when trajectories/dataset_info.json exists; re-running the command on a killed
+run's workdir finishes it, and the result equals an uninterrupted run's. configs/rft.py reads it
+(`--config.data.rft_dir=<this workdir>`).
 
 Choices (the paper gives none of them):
   * teacher: any `load_model` name or path (`model.name`); the paper samples from a larger model.
@@ -19,6 +20,8 @@ Choices (the paper gives none of them):
     each record has `rft.train_demonstrations` (0) of them, so the fine-tuned GRM answers zero-shot.
   * hinted sampling on: an item whose N_RFT judgements are all wrong is sampled once more with "The best
     response is: Response j"; the hinted judgement is kept if correct and flagged.
+  * position hints off (`rft.position_hints`, not in the paper): on, an item whose kept judgements all show the
+    best response at one position is sampled once more, hinted, in an order that shows it elsewhere.
   * data: the four training sources, 64 items each (`data.max_per_source`), 256 in all, mixed in one seeded
     order; every held-out prompt is excluded (`experiments.selection.training_items`).
 """
@@ -60,6 +63,9 @@ def get_config(arg: str | None = None):
   c.rft = common.ml_collections.ConfigDict()
   c.rft.n_rft = 3                  # non-hinted judgements per item (paper: 3)
   c.rft.hinted = True              # one hinted judgement for items whose N_RFT are all wrong
+  # One hinted judgement showing the best response at another position for items whose kept judgements all show
+  # it at one: rejection alone keeps a position-biased teacher's bias (Gemma 3 270M: 82/82 kept showed it first).
+  c.rft.position_hints = False
   c.rft.train_demonstrations = 0   # worked examples in the SFT prompt stored with each record
   c.rft.batch_size = 4             # items per sampling call (x N_RFT rows; identical prompts share a prefill)
   c.rft.num_shards = 16            # work shards (a kill loses at most the shard in progress; 16 items each here)

@@ -8,7 +8,17 @@ Rules, per item (Eq. 10 decides "correct"; an unparseable trajectory is wrong):
   * some correct: the correct ones are kept;
   * none correct, hinted sampling on and n >= 2: one more trajectory is sampled in a fresh order with the hint
     "The best response is: Response j" (j = the best response's SHOWN position); it is kept iff correct and
-    flagged `hinted`. n = 1 items have no response to name, so they are never hinted (our choice).
+    flagged `hinted` (sample_index N_RFT). n = 1 items have no response to name, so they are never hinted (our
+    choice).
+  * some correct, position hints on (`position_hints`, our addition; default off) and n >= 2: when every kept
+    trajectory shows the best response at the same position p, one more trajectory is sampled with the same hint
+    in an order that shows the best response elsewhere (n = 2: the other order; n > 2: a seeded random order with
+    the best not at p); it is kept iff correct and flagged `hinted` (sample_index N_RFT + 1). Rejective sampling
+    alone cannot undo a teacher's position bias, it only keeps the orders that agree with it (Gemma 3 270M: all 82
+    kept pairwise trajectories showed the best response first); this gives SFT the other position too. Its
+    `train_prompt`, like every record's, has no hint and shows the responses in its own order.
+An item gets at most one hinted trajectory: the all-wrong ("needs hint") items the first kind, items with kept
+trajectories the second; too-easy items neither (nothing of theirs is kept).
 With N_RFT = 1 every correct trajectory is "too easy": only hinted ones can be kept (the rule taken literally).
 
 Every sampled trajectory becomes one `Trajectory` record (kept or not, hinted or not), the contract between RFT
@@ -41,7 +51,8 @@ class Trajectory:
     uid, source: the item's (`PreferenceItem.uid` / `.source`).
     item_json: the whole item, `PreferenceItem.to_json()`, in its ORIGINAL response order.
     n: number of responses.
-    sample_index: 0..N_RFT-1 for the non-hinted samples, N_RFT for the hinted one.
+    sample_index: 0..N_RFT-1 for the non-hinted samples, N_RFT for the hinted one of an all-wrong item,
+      N_RFT + 1 for a position hint (`position_hint_index`).
     perm: int[n], perm[p] = original index of the response SHOWN at position p.
     prompt: the exact text sampled from (demonstrations, hint and output prefix included).
     train_prompt: what SFT conditions on: the same order, no hint, the training demonstrations, the prefix.
@@ -103,7 +114,8 @@ class SourceStats:
 
   items_seen = items_kept + items_too_easy + items_rejected_wrong. items_kept: at least one kept trajectory
   (hinted ones included). items_rejected_wrong: nothing kept and not too easy (all wrong; the hint, if tried,
-  wrong too). parse_failures counts trajectories (hinted ones included) whose scores did not parse.
+  wrong too). hinted_*: the hints of all-wrong items; position_hinted_*: the position hints (disjoint counts).
+  parse_failures counts trajectories (hinted ones included) whose scores did not parse.
   """
 
   items_seen: int = 0
@@ -112,6 +124,8 @@ class SourceStats:
   items_rejected_wrong: int = 0
   hinted_tried: int = 0
   hinted_kept: int = 0
+  position_hinted_tried: int = 0
+  position_hinted_kept: int = 0
   parse_failures: int = 0
   trajectories_kept: int = 0
   trajectories_rejected: int = 0
@@ -156,6 +170,16 @@ def keep_flags(correct: Sequence[bool]) -> list[bool]:
   return [bool(c) and item_outcome(correct) == KEEP for c in correct]
 
 
+def position_hint_index(n_rft: int) -> int:
+  """The sample_index of a position-hinted trajectory (an all-wrong item's hinted one has N_RFT)."""
+  return n_rft + 1
+
+
+def best_positions(item: PreferenceItem, perms: Iterable[Sequence[int]]) -> set[int]:
+  """The shown positions of the item's best response in these orders (perm[p] = original index shown at p)."""
+  return {[int(i) for i in perm[:item.num_responses]].index(item.best_index) for perm in perms}
+
+
 def stats_from_trajectories(trajectories: Iterable[Trajectory]) -> Stats:
   """Per-source stats of the records of whole items (every trajectory an item produced)."""
   by_item: dict[tuple[str, str], list[Trajectory]] = collections.defaultdict(list)
@@ -164,17 +188,20 @@ def stats_from_trajectories(trajectories: Iterable[Trajectory]) -> Stats:
   stats: dict[str, SourceStats] = collections.defaultdict(SourceStats)
   for (source, uid), records in by_item.items():
     plain = [t for t in records if not t.hinted]
-    hinted = [t for t in records if t.hinted]
+    position_index = position_hint_index(len(plain))
+    hinted = [t for t in records if t.hinted and t.sample_index != position_index]
+    position = [t for t in records if t.hinted and t.sample_index == position_index]
     samples = [t.sample_index for t in records]
-    if len(set(samples)) != len(samples) or not plain:
+    if len(set(samples)) != len(samples) or not plain or len(hinted) + len(position) > 1:
       raise ValueError(f"item {uid!r} ({source}): sample indices {sorted(samples)} are not one item's "
-                       "trajectories (a duplicated uid, or hinted records without their item)")
+                       "trajectories (a duplicated uid, hinted records without their item, or two hints)")
     kept = sum(t.kept for t in records)
     outcome = item_outcome([t.correct for t in plain])
     stats[source] = stats[source] + SourceStats(
         items_seen=1, items_kept=int(kept > 0), items_too_easy=int(outcome == TOO_EASY),
         items_rejected_wrong=int(kept == 0 and outcome != TOO_EASY), hinted_tried=len(hinted),
-        hinted_kept=sum(t.kept for t in hinted), parse_failures=sum(not t.valid for t in records),
+        hinted_kept=sum(t.kept for t in hinted), position_hinted_tried=len(position),
+        position_hinted_kept=sum(t.kept for t in position), parse_failures=sum(not t.valid for t in records),
         trajectories_kept=kept, trajectories_rejected=len(records) - kept)
   return dict(sorted(stats.items()))
 
@@ -202,37 +229,50 @@ def _judge(grm, items: Sequence[PreferenceItem], perms: np.ndarray, mask: np.nda
 
 
 def _sample(grm, items: Sequence[PreferenceItem], k: int, options: scorer.GRMOptions, rng: np.random.Generator,
-            strategy, seed: int, hint_best: Sequence[int] | None = None):
-  """One batched sampling call for B items x k samples: prompts, perms, mask, texts (output prefix included)."""
-  prompts, perms, mask = scorer.build_prompts(items, k, options, rng, hint_best=hint_best)
+            strategy, seed: int, hint_best: Sequence[int] | None = None, orders=None):
+  """One batched sampling call for B items x k samples: prompts, perms, mask, texts (output prefix included).
+  orders: `scorer.build_prompts`'s (the given orders instead of drawn ones)."""
+  prompts, perms, mask = scorer.build_prompts(items, k, options, rng, hint_best=hint_best, orders=orders)
   texts = [options.output_prefix + t for t in grm.generate_texts(prompts, strategy, seed)]
   if len(texts) != len(prompts):
     raise ValueError(f"the GRM returned {len(texts)} texts for {len(prompts)} prompts")
   return prompts, perms, mask, texts
 
 
-def generate_batch(grm, items: Sequence[PreferenceItem], *, n_rft: int = 3, hinted: bool = True, seed: int = 0,
-                   train_demonstrations: Sequence[str] = (), train_single_demonstrations: Sequence[str] = ()
-                   ) -> tuple[list[Trajectory], Stats]:
+def moved_order(rng: np.random.Generator, n: int, best: int, position: int) -> list[int]:
+  """A random order of n responses (original indices) that shows `best` anywhere but at `position`."""
+  shown_at = int(rng.choice([p for p in range(n) if p != position]))
+  others = [int(i) for i in rng.permutation([i for i in range(n) if i != best])]
+  return others[:shown_at] + [best] + others[shown_at:]
+
+
+def generate_batch(grm, items: Sequence[PreferenceItem], *, n_rft: int = 3, hinted: bool = True,
+                   position_hints: bool = False, seed: int = 0, train_demonstrations: Sequence[str] = (),
+                   train_single_demonstrations: Sequence[str] = ()) -> tuple[list[Trajectory], Stats]:
   """Samples, judges and labels one batch of items (the rules in the module docstring).
 
   One batched sampling call for all items x N_RFT (identical prompts share a prefill in the sampler; each sample
-  gets its own order, distinct from the item's other samples while n! allows: `num_distinct_orders` = N_RFT), then one batched call for the items that need a
-  hint. Both use the GRM's options (template, demonstrations, output prefix, stop rule) and its strategy for
-  k = N_RFT (so the hinted sample is drawn at the same temperature).
+  gets its own order, distinct from the item's other samples while n! allows: `num_distinct_orders` = N_RFT), then
+  one batched call for the items that need a hint, then (position_hints) one for the items whose kept trajectories
+  all show the best response at one position. All use the GRM's options (template, demonstrations, output prefix,
+  stop rule) and its strategy for k = N_RFT (so hinted samples are drawn at the same temperature). The position
+  hints draw their orders and sampling seed from their own stream of `seed`: turning them on changes no other
+  trajectory.
 
   Args:
     grm: a `grm.GRM`, or any object with `.options` (`GRMOptions`) and `.generate_texts(prompts, strategy, seed)`.
     items: PreferenceItems with distinct uids.
     n_rft: non-hinted trajectories per item (the paper's N_RFT = 3).
     hinted: sample a hinted trajectory for items whose N_RFT trajectories are all wrong.
+    position_hints: sample a position-hinted trajectory for items whose kept trajectories all show the best
+      response at one position (module docstring).
     seed: fixes the response orders and the sampling (`batch_seed` gives per-batch seeds).
     train_demonstrations: worked examples the SFT prompt (`train_prompt`) starts with (default none);
     train_single_demonstrations: the same for n = 1 items (their own template).
 
   Returns:
-    (trajectories: per item its N_RFT samples (sample_index 0..N_RFT-1) then the hinted one (N_RFT) if any,
-    items in input order; per-source stats of those trajectories).
+    (trajectories: per item its N_RFT samples (sample_index 0..N_RFT-1) then the hinted one (N_RFT) or the
+    position-hinted one (N_RFT + 1) if any, items in input order; per-source stats of those trajectories).
   """
   if n_rft < 1:
     raise ValueError(f"n_rft must be >= 1, got {n_rft}")
@@ -267,6 +307,9 @@ def generate_batch(grm, items: Sequence[PreferenceItem], *, n_rft: int = 3, hint
       rows[b, n_rft] = (h_prompts[j], h_perms[j, 0], h_texts[j], h_shown[j, 0], h_valid[j, 0], h_correct[j, 0], True)
       kept[b, n_rft] = bool(h_correct[j, 0])
 
+  if position_hints:
+    _add_position_hints(grm, items, n_rft, options, strategy, seed, rows, kept)
+
   keys = sorted(rows)
   train_prompts = _train_prompts(items, keys, rows, dataclasses.replace(
       options, demonstrations=tuple(train_demonstrations), single_demonstrations=tuple(train_single_demonstrations)))
@@ -283,6 +326,35 @@ def generate_batch(grm, items: Sequence[PreferenceItem], *, n_rft: int = 3, hint
   return trajectories, stats_from_trajectories(trajectories)
 
 
+# Where the position hints' randomness comes from: np.random.default_rng([seed, POSITION_HINT_STREAM]).
+POSITION_HINT_STREAM = 1
+
+
+def _add_position_hints(grm, items, n_rft, options, strategy, seed, rows, kept) -> None:
+  """Adds to `rows` / `kept` one position-hinted trajectory per item with n >= 2 whose kept non-hinted trajectories
+  all show the best response at one position, sampled in one call in orders that show it elsewhere."""
+  rng = np.random.default_rng([seed, POSITION_HINT_STREAM])
+  sample_seed = int(rng.integers(2**31))
+  chosen, orders = [], []
+  for b, item in enumerate(items):
+    if item.num_responses < 2:
+      continue
+    positions = best_positions(item, [rows[b, s][1] for s in range(n_rft) if kept[b, s]])
+    if len(positions) == 1:
+      chosen.append(b)
+      orders.append([moved_order(rng, item.num_responses, item.best_index, positions.pop())])
+  if not chosen:
+    return
+  p_items = [items[b] for b in chosen]
+  prompts, perms, mask, texts = _sample(grm, p_items, 1, options, rng, strategy, sample_seed,
+                                        hint_best=[item.best_index for item in p_items], orders=orders)
+  shown, valid, correct = _judge(grm, p_items, perms, mask, texts)
+  index = position_hint_index(n_rft)
+  for j, b in enumerate(chosen):
+    rows[b, index] = (prompts[j], perms[j, 0], texts[j], shown[j, 0], valid[j, 0], correct[j, 0], True)
+    kept[b, index] = bool(correct[j, 0])
+
+
 def _train_prompts(items, keys, rows, options: scorer.GRMOptions) -> list[str]:
   """SFT prompts: each trajectory's response order, no hint, the training demonstrations, the output prefix."""
   shown_items = [items[b].with_order([int(i) for i in rows[b, s][1][:items[b].num_responses]]) for b, s in keys]
@@ -292,7 +364,8 @@ def _train_prompts(items, keys, rows, options: scorer.GRMOptions) -> list[str]:
 
 
 def generate_shard(grm, items: Sequence[PreferenceItem], *, shard: int, batch_size: int, seed: int = 0,
-                   n_rft: int = 3, hinted: bool = True, train_demonstrations: Sequence[str] = (),
+                   n_rft: int = 3, hinted: bool = True, position_hints: bool = False,
+                   train_demonstrations: Sequence[str] = (),
                    train_single_demonstrations: Sequence[str] = (),
                    on_batch: Callable[[list[Trajectory], Stats], None] | None = None
                    ) -> tuple[list[Trajectory], Stats]:
@@ -306,7 +379,8 @@ def generate_shard(grm, items: Sequence[PreferenceItem], *, shard: int, batch_si
   trajectories, parts = [], []
   for i, start in enumerate(range(0, len(items), batch_size)):
     batch, stats = generate_batch(grm, items[start:start + batch_size], n_rft=n_rft, hinted=hinted,
-                                  seed=batch_seed(seed, shard, i), train_demonstrations=train_demonstrations,
+                                  position_hints=position_hints, seed=batch_seed(seed, shard, i),
+                                  train_demonstrations=train_demonstrations,
                                   train_single_demonstrations=train_single_demonstrations)
     trajectories += batch
     parts.append(stats)

@@ -59,6 +59,10 @@ def follows_hint(prompt, item):  # wrong unless told; then it scores the named p
   return boxed([9 if p == int(hint.group(1)) - 1 else 2 for p in range(item.num_responses)])
 
 
+def biased_follows_hint(prompt, item):  # positional bias (first shown wins) unless told; told, it follows the hint
+  return follows_hint(prompt, item) if HINT.search(prompt) else first_wins(prompt, item)
+
+
 def garbage(prompt, item):
   return "I cannot decide."
 
@@ -87,3 +91,12 @@ def larger_case():
   for item in more:
     behaviours[item.query] = first_wins
   return items + more, behaviours
+
+
+def position_case():
+  """Pairs u0..u5 and triples u6..u9 judged by a teacher that scores the first shown response highest unless a hint
+  names another, a pair u10 whose teacher ignores the hint too, and a too-easy n = 1 item u11."""
+  items = [make_item(i) for i in range(6)] + [make_item(i, n=3) for i in range(6, 10)] + [
+      make_item(10), make_item(11, n=1, label=1)]
+  behaviours = {f"q{i}": biased_follows_hint for i in range(10)} | {"q10": first_wins, "q11": right}
+  return items, behaviours

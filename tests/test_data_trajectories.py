@@ -6,7 +6,7 @@ import os
 import pytest
 import tensorflow_datasets as tfds
 
-from scripted_grm import ScriptedGRM, larger_case
+from scripted_grm import ScriptedGRM, larger_case, position_case
 from spct_jax import rft
 from spct_jax.data import readers, trajectories
 
@@ -63,6 +63,19 @@ def test_written_records_read_back(uninterrupted):
   # stats.json: merged per source, equal to the stats of the records.
   assert stats == rft.stats_from_trajectories(expected) == trajectories.read_stats(root / "stats.json")
   assert json.loads((root / "stats.json").read_text())["total"]["items_seen"] == len(items)
+
+
+def test_position_hinted_records_read_back_and_are_counted(tmp_path):
+  items, behaviours = position_case()
+  records, stats = rft.generate_shard(ScriptedGRM(items, behaviours), items, shard=0, batch_size=4, seed=3,
+                                      position_hints=True)
+  writer = trajectories.TrajectoryWriter(tmp_path / "trajectories", 1)
+  writer.write(0, records)
+  stats_path = tmp_path / "stats.json"
+  assert writer.finalize(stats_path=stats_path) == stats == trajectories.read_stats(stats_path)
+  assert sum(s.position_hinted_kept for s in stats.values()) > 0
+  assert trajectories.read_trajectories(tmp_path / "trajectories") == records
+  assert trajectories.read_trajectories(tmp_path / "trajectories", hinted=False) == [t for t in records if not t.hinted]
 
 
 def test_killed_run_resumes_to_an_identical_dataset(tmp_path, uninterrupted):

@@ -138,6 +138,35 @@ def test_the_task_yields_the_kept_prompts_and_targets(straight):
     assert t.train_prompt.endswith(t.output_prefix) and "The best response is" not in t.train_prompt
 
 
+def test_position_hints_on_the_smoke_teacher(tmp_path, straight):
+  """The smoke teacher's verdict is fixed in its prefix: every kept pair showed the best response first, so each
+  pair gets a position-hinted judgement showing it second, which the deaf teacher gets wrong (tried, rejected)."""
+  from spct_jax.data import trajectories
+  from spct_jax.experiments import rft_generate
+  config = runpy.run_path(str(REPO / "configs" / "rft_generate.py"))["get_config"]("smoke")
+  config.data.num_items, config.rft.num_shards, config.rft.position_hints = 4, 2, True
+  config.mesh, config.progress = None, False
+  summary = rft_generate.run(config, tmp_path)
+  records = trajectories.read_trajectories(tmp_path / "trajectories")
+  by_uid = {}
+  for t in records:
+    by_uid.setdefault(t.uid, []).append(t)
+  pairs = [g for g in by_uid.values() if g[0].n == 2]
+  assert pairs and len(pairs) < len(by_uid) == 4
+  for group in by_uid.values():
+    item = schema.PreferenceItem.from_json(group[0].item_json)
+    hinted = [(t.sample_index, t.perm.index(item.best_index), t.correct) for t in group if t.hinted]
+    assert hinted == ([(4, 1, False)] if group[0].n == 2 else [(3, hinted[0][1], False)])
+  stats = json.loads((tmp_path / "stats.json").read_text())
+  assert {k: stats[k] for k in ("sources", "total")} == rft.stats_to_json(rft.stats_from_trajectories(records))
+  assert (summary["position_hinted_tried"], summary["position_hinted_kept"]) == (len(pairs), 0)
+  assert summary["hinted_tried"] == 4 - len(pairs)
+  # The option is in this run's fingerprint; a run with it off has the fingerprint it had before the option.
+  assert json.loads((tmp_path / "trajectories" / "run.json").read_text())["run"]["rft"]["position_hints"] is True
+  assert sorted(json.loads((straight[0] / "trajectories" / "run.json").read_text())["run"]["rft"]) == [
+      "batch_size", "hinted", "n_rft", "train_demonstrations"]
+
+
 def test_a_workdir_of_another_run_is_refused(tmp_path, straight):
   from spct_jax.experiments import rft_generate
   workdir = tmp_path / "copy"

@@ -45,6 +45,19 @@ def test_a_finished_stage_is_kept_only_with_its_config(tmp_path):
     spct._finished("grpo", files.as_path(tmp_path), stage)
 
 
+def test_a_field_added_at_its_old_behaviour_keeps_a_finished_stage(tmp_path):
+  stage = _config().stages.rft_generate
+  before = ml_collections.ConfigDict(stage.to_dict())
+  del before.rft["position_hints"]  # the stage as a run from before the option stored it
+  (tmp_path / spct.STAGE_FILE).write_text(json.dumps({"fingerprint": spct.fingerprint(before),
+                                                      "config": spct._as_json(before), "summary": {"items": 4}}))
+  assert stage.rft.position_hints is False and spct.fingerprint(stage) == spct.fingerprint(before)
+  assert spct._finished("rft_generate", files.as_path(tmp_path), stage)["summary"] == {"items": 4}
+  stage.rft.position_hints = True
+  with pytest.raises(validation.ConfigError, match=r"\(changed: \['rft.position_hints'\]\)"):
+    spct._finished("rft_generate", files.as_path(tmp_path), stage)
+
+
 def _results(runs, swap=None):
   per_item = lambda acc: {"accuracy_strict": acc, "accuracy_tie_random": acc}
   overall = lambda acc: {"items": len(acc), "accuracy_strict": sum(acc) / len(acc),

@@ -105,6 +105,22 @@ def test_hint_names_the_shown_position_of_the_best_response():
     assert f"The best response is: Response {shown_position}" in prompt
 
 
+def test_given_orders_replace_the_drawn_ones():
+  items = [((("user", "q"),), RESPONSES), ((("user", "p"),), RESPONSES[:2])]
+  orders = [[[2, 0, 3, 1]], [[1, 0]]]
+  options = GRMOptions()
+  prompts, perms, mask = scorer.build_prompts(items, 1, options, np.random.default_rng(0), hint_best=[1, 0],
+                                              orders=orders)
+  np.testing.assert_array_equal(perms[:, 0], [[2, 0, 3, 1], [1, 0, 2, 3]])  # padded positions map to themselves
+  np.testing.assert_array_equal(mask, [[True] * 4, [True, True, False, False]])
+  assert prompts == [scorer.item_prompt(items[0], options, [2, 0, 3, 1], 1),
+                     scorer.item_prompt(items[1], options, [1, 0], 0)]
+  assert "The best response is: Response 4" in prompts[0] and "The best response is: Response 2" in prompts[1]
+  for bad in ([[[0, 0, 1, 2]], [[1, 0]]], [[[0, 1, 2, 3]], [[1, 0], [0, 1]]]):
+    with pytest.raises(ValueError, match="permutations"):
+      scorer.build_prompts(items, 1, options, np.random.default_rng(0), orders=bad)
+
+
 def test_bad_k_raises():
   with pytest.raises(ValueError, match="k must be >= 1"):
     PromptFunctionGRM().score("q", RESPONSES, k=0)

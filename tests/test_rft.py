@@ -3,10 +3,12 @@
 import dataclasses
 import re
 
+import numpy as np
 import pytest
 
-from scripted_grm import HINT, PREFIX, ScriptedGRM, constructed_case, make_item, right, shown_order
+from scripted_grm import HINT, PREFIX, ScriptedGRM, constructed_case, make_item, position_case, right, shown_order
 from spct_jax import rft
+from spct_jax.data import meta_rm_examples
 from spct_jax.grm import templates
 
 
@@ -133,6 +135,87 @@ def test_generate_shard_seeds_batches_independently(case):
   assert rft.batch_seed(5, 2, 0) != rft.batch_seed(5, 3, 0) != rft.batch_seed(6, 2, 0)
 
 
+def query_of(prompt):
+  return re.search(r"User: (q\d+)", prompt).group(1)
+
+
+def test_position_hints_show_the_best_response_at_another_position():
+  items, behaviours = position_case()
+  grm = ScriptedGRM(items, behaviours)
+  trajectories, stats = rft.generate_batch(grm, items, n_rft=3, position_hints=True, seed=1)
+  groups = by_item(trajectories)
+  position_hinted, needs_hint = [], []
+  for item in items:
+    group = groups[item.uid]
+    plain_kept = [t for t in group if t.kept and not t.hinted]
+    extra = [t for t in group if t.hinted]
+    if not plain_kept:  # all wrong (today's hint, index N_RFT), too easy or n = 1: no position hint
+      assert [t.sample_index for t in extra] == ([3] if item.num_responses > 1 and not any(
+          t.correct for t in group if not t.hinted) else [])
+      needs_hint += [item.query] if extra else []
+      continue
+    # The biased teacher is right exactly where the best response is shown first: every kept one shows it first.
+    assert rft.best_positions(item, [t.perm for t in plain_kept]) == {0}
+    (t,) = extra
+    best_at = t.perm.index(item.best_index)
+    assert (t.sample_index, t.hinted, best_at != 0) == (rft.position_hint_index(3), True, True)
+    assert int(HINT.search(t.prompt).group(1)) == best_at + 1 and shown_order(t.prompt, item) == list(t.perm)
+    # SFT's prompt: no hint, the responses in this trajectory's order (a pair: the best shown second).
+    assert t.train_prompt == templates.build_prompt(item.conversation, t.shown_responses(), output_prefix=PREFIX,
+                                                    template=grm.options.template_for(item))
+    assert HINT.search(t.train_prompt) is None
+    if item.num_responses == 2:
+      assert best_at == 1 and t.train_prompt.index(item.responses[item.best_index]) > t.train_prompt.index(
+          item.responses[1 - item.best_index])
+    follows = item.uid != "u10"  # u10's teacher ignores the hint: tried, rejected
+    assert (t.valid, t.correct, t.kept) == (True, follows, follows)
+    if follows:  # the kept set now shows the best response at two positions
+      assert rft.best_positions(item, [r.perm for r in group if r.kept]) == {0, best_at}
+    position_hinted.append(item.query)
+  # Both kinds among the triples, never both for one item; pairs (two orders over three samples) are all kept.
+  assert {"q0", "q1", "q2", "q3", "q4", "q5", "q10"} <= set(position_hinted) and needs_hint
+  assert {"q6", "q7", "q8", "q9"} & set(position_hinted) and not set(needs_hint) & set(position_hinted)
+  # One batched call each: the N_RFT samples, today's hints, the position hints.
+  assert [[query_of(p) for p in call[0]] for call in grm.calls[1:]] == [needs_hint, position_hinted]
+  total = rft.merge_stats(*({"": s} for s in stats.values()))[""]
+  assert (total.position_hinted_tried, total.position_hinted_kept) == (len(position_hinted), len(position_hinted) - 1)
+  assert (total.hinted_tried, total.hinted_kept) == (len(needs_hint), len(needs_hint))  # they follow hints
+  assert stats == rft.stats_from_trajectories(trajectories)  # what a finished or resumed dataset counts
+  assert rft.stats_from_json(rft.stats_to_json(stats)) == stats
+  assert rft.stats_to_json(stats)["total"]["position_hinted_kept"] == len(position_hinted) - 1
+
+
+def test_position_hints_change_no_other_trajectory():
+  items, behaviours = position_case()
+  for seed in range(3):
+    on, on_stats = rft.generate_batch(ScriptedGRM(items, behaviours), items, n_rft=3, position_hints=True, seed=seed)
+    off, off_stats = rft.generate_batch(ScriptedGRM(items, behaviours), items, n_rft=3, seed=seed)
+    assert [t for t in on if t.sample_index != rft.position_hint_index(3)] == off
+    assert any(t.sample_index == rft.position_hint_index(3) for t in on)
+    assert sum(s.position_hinted_tried for s in off_stats.values()) == 0
+    assert [s.hinted_tried for s in on_stats.values()] == [s.hinted_tried for s in off_stats.values()]
+    # The meta RM reads no hinted trajectory: the same examples with and without position hints.
+    assert meta_rm_examples.examples_from_trajectories(on) == meta_rm_examples.examples_from_trajectories(off)
+  # A shard's batches: each its own position hints, the shard's stats their sum and the records' stats.
+  grm = ScriptedGRM(items, behaviours)
+  whole, stats = rft.generate_shard(grm, items, shard=1, batch_size=5, seed=5, position_hints=True)
+  parts = [rft.generate_batch(grm, items[i:i + 5], position_hints=True, seed=rft.batch_seed(5, 1, b))[0]
+           for b, i in enumerate(range(0, len(items), 5))]
+  assert whole == [t for part in parts for t in part] and stats == rft.stats_from_trajectories(whole)
+  assert sum(s.position_hinted_tried for s in stats.values()) > 0
+
+
+def test_moved_order_shows_the_best_elsewhere():
+  rng = np.random.default_rng(0)
+  assert rft.moved_order(rng, 2, best=1, position=1) == [1, 0] and rft.moved_order(rng, 2, best=0, position=0) == [1, 0]
+  for n in (3, 4):
+    for position in range(n):
+      orders = [rft.moved_order(rng, n, best=1, position=position) for _ in range(60)]
+      assert all(sorted(o) == list(range(n)) for o in orders)
+      assert {o.index(1) for o in orders} == set(range(n)) - {position}  # every other position, at random
+      assert len({tuple(o) for o in orders}) > n - 1
+
+
 def test_rules_and_errors():
   assert rft.item_outcome([True, True, True]) == rft.TOO_EASY
   assert rft.item_outcome([True, False, False]) == rft.KEEP
@@ -153,6 +236,8 @@ def test_rules_and_errors():
     dataclasses.replace(t[0], kept=True, correct=False)
   with pytest.raises(ValueError, match="not one item's"):
     rft.stats_from_trajectories(t + t)
+  with pytest.raises(ValueError, match="two hints"):  # an item gets today's hint or a position hint, not both
+    rft.stats_from_trajectories(t + [dataclasses.replace(t[0], sample_index=i, hinted=True) for i in (3, 4)])
 
 
 def test_generate_batch_through_a_real_grm_and_sampler():

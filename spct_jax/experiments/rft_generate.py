@@ -4,15 +4,17 @@ The training stream (`selection.training_items`: data.train_sources mixed in one
 items too long for the context skipped and counted) is cut into rft.num_shards work shards, shard s =
 items[s::num_shards]. Each process samples its own shards (s % process_count == process index) with a model on
 its own devices (`rft.generate_shard`: N_RFT judgements per item in one batched call per batch, the correct ones
-kept, hopeless items hinted) and writes each shard atomically when it is done. A re-run skips the complete
-shards (after a kill, or a SIGTERM, which stops after the shard in progress); a shard's records depend only on its
-items and seeds, so the finished dataset equals an uninterrupted run's. A workdir holding another run's shards
-(other config or items) is refused. Once every shard exists, process 0 writes (atomically):
+kept, hopeless items hinted; with rft.position_hints, items whose kept judgements all show the best response at
+one position get a hinted judgement that shows it elsewhere) and writes each shard atomically when it is done. A
+re-run skips the complete shards (after a kill, or a SIGTERM, which stops after the shard in progress); a shard's
+records depend only on its items and seeds, so the finished dataset equals an uninterrupted run's. A workdir
+holding another run's shards (other config or items) is refused. Once every shard exists, process 0 writes
+(atomically):
   trajectories/   the TFDS ArrayRecord dataset (`data.trajectories`; the record: `rft.Trajectory`); its
                   dataset_info.json is written last and marks the dataset finished (`is_finished`)
-  stats.json      "sources"/"total": items seen, kept, too easy, rejected wrong, hinted tried / kept, parse
-                  failures, trajectories kept / rejected; "selection": per source items read, dropped for a
-                  held-out prompt, skipped as too long, selected
+  stats.json      "sources"/"total": items seen, kept, too easy, rejected wrong, hinted tried / kept, position
+                  hinted tried / kept, parse failures, trajectories kept / rejected; "selection": per source
+                  items read, dropped for a held-out prompt, skipped as too long, selected
 and run() returns the totals, with trajectories/s of this run's sampling.
 """
 
@@ -41,7 +43,8 @@ RULES = (
     v.names("data.train_sources"), v.names("data.eval_sources", nonempty=False), v.integer("data.seed"),
     v.integer("data.max_per_source", 0), v.integer("data.num_items", 0), v.integer("data.eval_items", 0),
     *v.synthetic_rules(), *v.grm_rules(),
-    v.integer("rft.n_rft", 1), v.boolean("rft.hinted"), v.integer("rft.train_demonstrations", 0),
+    v.integer("rft.n_rft", 1), v.boolean("rft.hinted"), v.boolean("rft.position_hints"),
+    v.integer("rft.train_demonstrations", 0),
     v.integer("rft.batch_size", 1), v.integer("rft.num_shards", 1),
 )
 DATASET_DIR, STATS_FILE = "trajectories", "stats.json"
@@ -65,9 +68,11 @@ def fingerprint(config, items) -> dict[str, Any]:
   """What the records depend on: the teacher, the prompts and sampling, the RFT rules and the items themselves."""
   digest = hashlib.sha256("\n".join(item.to_json() for item in items).encode("utf-8")).hexdigest()
   r = config.rft
-  return {"seed": config.seed, "model": config.model.to_dict(), "grm": config.grm.to_dict(),
-          "rft": {"n_rft": r.n_rft, "hinted": r.hinted, "train_demonstrations": r.train_demonstrations,
-                  "batch_size": r.batch_size},
+  rules = {"n_rft": r.n_rft, "hinted": r.hinted, "train_demonstrations": r.train_demonstrations,
+           "batch_size": r.batch_size}
+  if r.position_hints:  # named only when on: runs from before the option keep their fingerprint
+    rules["position_hints"] = True
+  return {"seed": config.seed, "model": config.model.to_dict(), "grm": config.grm.to_dict(), "rft": rules,
           "items": len(items), "items_sha256": digest}
 
 
@@ -78,7 +83,8 @@ def _sync(name: str) -> None:
 
 
 class _Progress:
-  """The progress bar (process 0): items done, and kept / too easy / rejected wrong / hinted kept so far."""
+  """The progress bar (process 0): items done, and kept / too easy / rejected wrong / hinted kept / position
+  hinted kept so far."""
 
   def __init__(self, total: int, done: int, enabled: bool):
     self.bar = tqdm(total=total, initial=done, desc="rft_generate", unit="item", disable=not enabled)
@@ -89,9 +95,10 @@ class _Progress:
     self.stats = rft.merge_stats(self.stats, stats)
     self.trajectories += len(records)
     total = rft.merge_stats(*({"": s} for s in self.stats.values()))[""]
-    self.bar.update(total.items_seen - (self.bar.n - self.bar.initial))
+    self.bar.update(sum(s.items_seen for s in stats.values()))  # (a disabled bar has no .initial to count from)
     self.bar.set_postfix(kept=total.items_kept, too_easy=total.items_too_easy, wrong=total.items_rejected_wrong,
-                         hinted=total.hinted_kept, parse_fail=total.parse_failures)
+                         hinted=total.hinted_kept, pos_hinted=total.position_hinted_kept,
+                         parse_fail=total.parse_failures)
 
 
 def run(config, workdir) -> dict[str, Any]:
@@ -102,7 +109,8 @@ def run(config, workdir) -> dict[str, Any]:
     from spct_jax.data import trajectories  # pylint: disable=g-import-not-at-top  (TensorFlow: data modules only)
 
     r = config.rft
-    mesh, model, tokenizer, options, budget = common.build_run(config, devices=jax.local_devices(), hint=r.hinted)
+    mesh, model, tokenizer, options, budget = common.build_run(config, devices=jax.local_devices(),
+                                                               hint=r.hinted or r.position_hints)
     items, source_stats = selection.training_items(config.data, fits=budget.fits)
     num_shards = min(r.num_shards, len(items))
     writer = trajectories.TrajectoryWriter(workdir / DATASET_DIR, num_shards, fingerprint=fingerprint(config, items))
@@ -121,8 +129,8 @@ def run(config, workdir) -> dict[str, Any]:
       for shard in pending:
         with selection.naming_items(shard_items(shard), f"rft_generate shard {shard}"):
           records, _ = rft.generate_shard(grm, shard_items(shard), shard=shard, batch_size=r.batch_size,
-                                          seed=config.seed, n_rft=r.n_rft, hinted=r.hinted, on_batch=progress,
-                                          **demos)
+                                          seed=config.seed, n_rft=r.n_rft, hinted=r.hinted,
+                                          position_hints=r.position_hints, on_batch=progress, **demos)
         writer.write(shard, records)
         written += 1
         if preemption.reached(shard) and shard != pending[-1]:

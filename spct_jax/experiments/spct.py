@@ -6,7 +6,8 @@ stage's folder as `{stage}` (`"{rft}/grm"`: the RFT model): that is how the stag
 reference shows every link. A finished stage writes `<workdir>/<stage>/stage.json` (its resolved config's
 fingerprint and summary); re-running the pipeline skips finished stages, and a killed one resumes from its own
 checkpoints or shards. A finished stage whose config has changed since is an error naming the changed keys: its
-outputs no longer match its config (remove its folder to re-run it).
+outputs no longer match its config (remove its folder to re-run it). A field added to an experiment later, at the
+value that keeps the old behaviour (`ADDED_FIELDS`), is no change.
 
 At the end, `table.json` / `table.md` / `table.png` hold the paper's Table 3 rows (base greedy, RFT greedy, RFT+GRPO greedy,
 k=1 sampled, Voting@k, MetaRM@k) from the eval stages' results, per dataset and pooled over all held-out items,
@@ -59,9 +60,24 @@ def resolve(stage: str, config: ml_collections.ConfigDict, folders: dict[str, st
   return resolved
 
 
+# Fields added to an experiment's config after pipeline stages had finished, with the value that keeps the old
+# behaviour: at that value a field is left out of stage.json's config and fingerprint, so a stage finished before
+# the field existed is still recognised as finished (any other value is a changed config).
+ADDED_FIELDS = {"rft_generate": {"rft.position_hints": False}}
+
+
 def _as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The config as stage.json stores it (tuples as lists, anything else JSON lacks as its str)."""
-  return json.loads(json.dumps(config.to_dict(), default=str))
+  """The config as stage.json stores it (tuples as lists, anything else JSON lacks as its str; `ADDED_FIELDS` at
+  their old-behaviour value left out)."""
+  record = json.loads(json.dumps(config.to_dict(), default=str))
+  for key, old_value in ADDED_FIELDS.get(record.get("experiment"), {}).items():
+    *path, leaf = key.split(".")
+    node = record
+    for part in path:
+      node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and leaf in node and node[leaf] == old_value:
+      del node[leaf]
+  return record
 
 
 def fingerprint(config: ml_collections.ConfigDict) -> str:

@@ -152,11 +152,13 @@ def item_templates(items: Sequence[Item], options: GRMOptions) -> list[str]:
 
 
 def build_prompts(items: Sequence[Item], k: int, options: GRMOptions, rng: np.random.Generator,
-                  *, hint_best: Sequence[int | None] | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+                  *, hint_best: Sequence[int | None] | None = None,
+                  orders: Sequence[Sequence[Sequence[int]]] | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
   """Prompts for B items x k samples (row b*k + s), their response orders and the response mask.
 
   Each item gets its own template (`item_templates`). hint_best: per item, the ORIGINAL index of the best response
-  to hint (RFT hinted sampling), or None (n = 1 items cannot be hinted).
+  to hint (RFT hinted sampling), or None (n = 1 items cannot be hinted). orders: orders[b][s] the order sample s
+  shows item b's responses in (original indices, length n), instead of drawn ones (rng and shuffle unused).
   """
   n_max = max(len(_fields(item)[1]) for item in items)
   prompts, perms = [], np.zeros((len(items), k, n_max), np.int32)
@@ -164,7 +166,12 @@ def build_prompts(items: Sequence[Item], k: int, options: GRMOptions, rng: np.ra
   for b, (item, template) in enumerate(zip(items, item_templates(items, options))):
     n = len(_fields(item)[1])
     mask[b, :n] = True
-    if options.shuffle:
+    if orders is not None:
+      if len(orders[b]) != k or any(sorted(int(i) for i in order) != list(range(n)) for order in orders[b]):
+        raise ValueError(f"item {b}: orders {orders[b]} are not {k} permutations of its {n} responses")
+      perms[b] = np.arange(n_max)
+      perms[b, :, :n] = np.asarray(orders[b])
+    elif options.shuffle:
       perms[b] = voting.response_orders(rng, n, k, options.num_distinct_orders, pad_to=n_max)
     else:
       perms[b] = np.arange(n_max)
