@@ -66,6 +66,7 @@ SMOKE = {  # spec -> (the spec that stands in for it, overrides appended)
                                                         "--config.fresh.grm=synthetic", "--config.fresh.num_items=16"]),
     "configs/meta_rm.py:smoke": ("configs/meta_rm.py:smoke", []),
     "configs/spct.py:smoke": ("configs/spct.py:smoke", []),
+    "configs/spct.py": ("configs/spct.py:smoke", []),  # with overrides (the README's publishing run)
     "configs/meta_rm.py:full": ("configs/meta_rm.py:smoke,full", ["--config.model.name=tiny-gemma3",
                                                                   "--config.total_steps=2"]),
 }
@@ -73,6 +74,8 @@ PREPARE = {  # flag -> (the run that makes what it reads, in its smoke form; the
     "--config.meta_rm.path": (["--config=configs/meta_rm.py:smoke"], "meta_rm"),
     "--config.data.rft_dir": (["--config=configs/rft_generate.py:smoke"], ""),
 }
+# Flags naming where a run writes outside its workdir: pointed under the test's folder, never into the repo.
+OUTSIDE = {"--config.publish_dir": "published"}
 # config file -> the PREPARE flag its defaults read another run's output by (added when a command lacks it)
 READS = {
     "configs/rft.py": "--config.data.rft_dir",
@@ -150,7 +153,9 @@ def prepared(run_argv, folder) -> list[str]:
   out = []
   for arg in run_argv:
     flag = arg.split("=", 1)[0]
-    if flag in PREPARE:
+    if flag in OUTSIDE:
+      arg = f"{flag}={folder / OUTSIDE[flag]}"
+    elif flag in PREPARE:
       first, below = PREPARE[flag]
       code, stderr = _main(first, folder / "prepare")
       assert code == 0, f"{first} (to make {flag}) failed:\n{stderr}"
@@ -183,6 +188,11 @@ def test_documented_command_runs(tmp_path, argv, run_argv):
     assert (grm / "spct_config.json").is_file() and (grm / "tokenizer.model").is_file()
   elif config_file == "configs/spct.py":
     check_pipeline(run_argv, tmp_path)
+    if any(arg.startswith("--config.publish_dir=") for arg in run_argv):
+      published = tmp_path.parent / OUTSIDE["--config.publish_dir"]
+      assert (published / "table.json").read_text() == (tmp_path / "table.json").read_text()
+      assert {"table.md", "table.png", "accuracy_vs_k.png", "rft_generate_stats.json"} <= {
+          p.name for p in published.iterdir()}
   elif config_file == "configs/rft_generate.py":
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["total"]["items_seen"] >= 1 and (tmp_path / "trajectories" / "dataset_info.json").is_file()

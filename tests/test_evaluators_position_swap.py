@@ -106,7 +106,11 @@ def test_pooled_weighs_datasets_by_items():
   pooled = metrics.pooled({"a": dataset([1.0, 1.0, 1.0]), "b": dataset([0.0])})
   assert pooled["greedy"]["items"] == 4 and pooled["greedy"]["accuracy_strict"] == 0.75
   assert pooled["greedy"]["parse_rate"] == pytest.approx((3 * 1.0 + 1 * 0.5) / 4)  # item-weighted
-  assert "position_swap" not in pooled  # not every dataset has it
+  assert "position_swap" not in pooled  # no dataset has it
   swap = {"per_item": {"consistent": [1.0, 0.0]}}
   pooled = metrics.pooled({"a": dataset([1.0], swap), "b": dataset([0.0], swap)})
   assert pooled["position_swap"]["pairs"] == 4 and pooled["position_swap"]["consistency"] == 0.5
+  # A best-of-N list has no swaps: the pairs of the other datasets pool without it.
+  pooled = metrics.pooled({"a": dataset([1.0], {"per_item": {"consistent": [1.0, 1.0, 0.0]}}), "bon": dataset([0.0])})
+  assert pooled["position_swap"]["pairs"] == 3 and pooled["position_swap"]["datasets"] == ["a"]
+  assert pooled["position_swap"]["consistency"] == pytest.approx(2 / 3)

@@ -134,7 +134,7 @@ def aggregate(per_item: dict[str, np.ndarray], categories: Sequence[str],
 
 def pooled(datasets: dict[str, Any]) -> dict[str, dict[str, Any]]:
   """Per run present in every dataset: accuracies over all datasets' items, with bootstrap intervals (from each
-  run's `per_item`), the item-weighted parse rate, and position-swap consistency where every dataset has it."""
+  run's `per_item`), the item-weighted parse rate, and position-swap consistency over the datasets that have it."""
   runs = [set(info["runs"]) for info in datasets.values()]
   out: dict[str, dict[str, Any]] = {}
   for run in sorted(set.intersection(*runs)) if runs else []:
@@ -145,11 +145,12 @@ def pooled(datasets: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out[run] = {"items": int(values[INTERVAL_METRICS[0]].size), **{n: _mean(v) for n, v in values.items()},
                 "parse_rate": sum(p * n for p, n in parsed) / sum(n for _, n in parsed) if parsed else None,
                 "ci95": intervals(values)}
-  swaps = [info.get("position_swap") for info in datasets.values()]
-  if swaps and all(swaps):
-    consistent = np.concatenate([np.asarray(s["per_item"]["consistent"], np.float64) for s in swaps])
-    out["position_swap"] = {"pairs": int(consistent.size), "consistency": _mean(consistent),
-                            "ci95": {"consistency": bootstrap_interval(consistent)}}
+  # Swaps exist for pairs only (a best-of-N list has none), so they pool over the datasets that have them.
+  swaps = {name: info["position_swap"] for name, info in datasets.items() if info.get("position_swap")}
+  if swaps:
+    consistent = np.concatenate([np.asarray(s["per_item"]["consistent"], np.float64) for s in swaps.values()])
+    out["position_swap"] = {"pairs": int(consistent.size), "datasets": sorted(swaps),
+                            "consistency": _mean(consistent), "ci95": {"consistency": bootstrap_interval(consistent)}}
   return out
 
 

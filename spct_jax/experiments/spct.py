@@ -204,6 +204,8 @@ def build_table(workdir, config) -> dict[str, Any] | None:
     path = workdir / stage / config.stages[stage].output.results
     if path.exists():
       results[stage] = json.loads(path.read_text())
+      # Pooled again from the per-dataset values (per item), so the table follows today's pooling rules.
+      results[stage]["pooled"] = metrics.pooled(results[stage]["datasets"])
   if not results:
     return None
   rows = []
