@@ -77,6 +77,10 @@ def test_table_three_rows_from_the_eval_stages(tmp_path):
                                      "metarm@2": [1, 1, 1, 1]}}.items():
     (tmp_path / stage).mkdir()
     (tmp_path / stage / "results.json").write_text(json.dumps(_results(runs, swap)))
+  bon = _results({"greedy": [0, 1]})  # a best-of-N list: no position swap
+  data = json.loads((tmp_path / "eval_base" / "results.json").read_text())
+  data["datasets"]["rmb_bon"] = bon["datasets"]["llmbar"] | {"position_swap": None}
+  (tmp_path / "eval_base" / "results.json").write_text(json.dumps(data))
   (tmp_path / "eval_base" / spct.STAGE_FILE).write_text(json.dumps({"seconds": 12.5, "summary": {"step": 0}}))
   table = spct.build_table(files.as_path(tmp_path), config)
   assert table["stages"] == {"eval_base": {"seconds": 12.5, "summary": {"step": 0}}}  # what each stage cost
@@ -85,7 +89,9 @@ def test_table_three_rows_from_the_eval_stages(tmp_path):
       ("RFT+GRPO Voting@2", 0.75), ("RFT+GRPO MetaRM@2", 1.0)]
   assert table["rows"][0]["position_swap"]["consistency"] == 0.25 and "position_swap" not in table["rows"][3]
   text = spct.format_table(table)
-  assert "| base greedy | 50.0 | 50.0 [" in text and text.count("\n| RFT") == 5
+  assert "| base greedy | 50.0 | 50.0 | 50.0 [" in text and text.count("\n| RFT") == 5  # llmbar, rmb_bon, all
+  assert table["rows"][0]["position_swap"]["datasets"] == ["llmbar"]  # the list has no swaps
+  assert "consistency" not in table["rows"][0]["datasets"]["rmb_bon"]
   assert spct.build_table(files.as_path(tmp_path / "none"), config) is None
   (tmp_path / spct.TABLE_MD).write_text(text)
   published = files.as_path(tmp_path / "results" / "run")

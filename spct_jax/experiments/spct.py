@@ -219,7 +219,8 @@ def build_table(workdir, config) -> dict[str, Any] | None:
     if run_name == "greedy" and "position_swap" in results[stage]["pooled"]:
       row["position_swap"] = results[stage]["pooled"]["position_swap"]
       for name, info in datasets.items():
-        row["datasets"][name]["consistency"] = info["position_swap"]["consistency"]
+        if info.get("position_swap"):  # pairs only: a best-of-N list has none
+          row["datasets"][name]["consistency"] = info["position_swap"]["consistency"]
     rows.append(row)
   return {"rows": rows, "datasets": sorted({d for r in results.values() for d in r["datasets"]}),
           "items": {stage: {d: info["counts"]["items"] for d, info in r["datasets"].items()}
