@@ -261,6 +261,7 @@ def format_table(table: dict[str, Any]) -> str:
              _cell(pooled["accuracy_strict"]),
              _cell(pooled["parse_rate"]), _cell(swap["consistency"]) if swap else "-"]
     lines.append("| " + " | ".join(cells) + " |")
+  lines.append("")  # the note is a paragraph of its own, not a row of the table
   lines.append("Accuracy in %: ties broken at random (the paper's rule); strict = Eq. 10 (a tie is wrong); parse = "
                "parse rate; consistency = correct with the best response shown first and second (greedy).")
   return "\n".join(lines)
