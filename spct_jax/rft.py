@@ -299,13 +299,7 @@ def generate_batch(grm, items: Sequence[PreferenceItem], *, n_rft: int = 3, hint
   needs_hint = [b for b, item in enumerate(items)
                 if hinted and item.num_responses >= 2 and item_outcome(correct[b]) == NEEDS_HINT]
   if needs_hint:
-    hint_items = [items[b] for b in needs_hint]
-    h_prompts, h_perms, h_mask, h_texts = _sample(grm, hint_items, 1, options, rng, strategy, hint_seed,
-                                                  hint_best=[item.best_index for item in hint_items])
-    h_shown, h_valid, h_correct = _judge(grm, hint_items, h_perms, h_mask, h_texts)
-    for j, b in enumerate(needs_hint):
-      rows[b, n_rft] = (h_prompts[j], h_perms[j, 0], h_texts[j], h_shown[j, 0], h_valid[j, 0], h_correct[j, 0], True)
-      kept[b, n_rft] = bool(h_correct[j, 0])
+    _add_hinted(grm, items, needs_hint, n_rft, options, rng, strategy, hint_seed, rows, kept)
 
   if position_hints:
     _add_position_hints(grm, items, n_rft, options, strategy, seed, rows, kept)
@@ -343,13 +337,18 @@ def _add_position_hints(grm, items, n_rft, options, strategy, seed, rows, kept) 
     if len(positions) == 1:
       chosen.append(b)
       orders.append([moved_order(rng, item.num_responses, item.best_index, positions.pop())])
-  if not chosen:
-    return
-  p_items = [items[b] for b in chosen]
-  prompts, perms, mask, texts = _sample(grm, p_items, 1, options, rng, strategy, sample_seed,
-                                        hint_best=[item.best_index for item in p_items], orders=orders)
-  shown, valid, correct = _judge(grm, p_items, perms, mask, texts)
-  index = position_hint_index(n_rft)
+  if chosen:
+    _add_hinted(grm, items, chosen, position_hint_index(n_rft), options, rng, strategy, sample_seed, rows, kept,
+                orders=orders)
+
+
+def _add_hinted(grm, items, chosen, index, options, rng, strategy, seed, rows, kept, orders=None) -> None:
+  """Samples one hinted trajectory for each item `chosen` (indices into `items`) in one call, judges it and
+  stores it in `rows` / `kept` as sample `index`, kept iff correct."""
+  hint_items = [items[b] for b in chosen]
+  prompts, perms, mask, texts = _sample(grm, hint_items, 1, options, rng, strategy, seed,
+                                        hint_best=[item.best_index for item in hint_items], orders=orders)
+  shown, valid, correct = _judge(grm, hint_items, perms, mask, texts)
   for j, b in enumerate(chosen):
     rows[b, index] = (prompts[j], perms[j, 0], texts[j], shown[j, 0], valid[j, 0], correct[j, 0], True)
     kept[b, index] = bool(correct[j, 0])
