@@ -5,7 +5,8 @@ Every benchmark measures the machine before and after its systems, in worker sub
 CPU model, cores, ISA flags, read bandwidth (an XLA reduction over a 1 GiB bf16 buffer, our kernels' streaming read
 over the same buffer where they are built, and one numpy thread), and the bf16 / f32 GEMM peak (a jitted square
 `jnp.dot`, f32 accumulation). A row's roofline is the least time its work can take on that machine,
-max(bytes / bandwidth, flops / peak), with bandwidth and peak the best of the measurements (`best_of`); rows
+max(bytes / bandwidth, flops / peak) (a bf16 system's peak: the larger of the bf16 and f32 ones,
+`Machine.compute_peak`), with bandwidth and peak the best of the measurements (`best_of`); rows
 report the roofline's fraction of the measured time (1.0 = at the limit). On a VM shared with other work both
 limits move (10-24 GB/s read bandwidth seen on one 2-core Xeon VM within an hour), which is why it is measured in
 every run.
@@ -53,9 +54,15 @@ class Machine:
   def read_bandwidth(self) -> float:
     return max(self.bandwidth.values())
 
+  def compute_peak(self, dtype: str = "bfloat16") -> float:
+    """FLOP/s a `dtype` system is held to. bf16 inputs can always be widened and run at the f32 peak, so a bf16
+    system gets the larger of the two: on a CPU without bf16 arithmetic (AVX2 only, e.g. AMD Zen 3) XLA's bf16 GEMM
+    is slower than its f32 one (92-104 vs 126-156 GFLOP/s on 2 Zen 3 cores), and its own peak would flatter it."""
+    return max(self.peak["bfloat16"], self.peak["float32"]) if dtype == "bfloat16" else self.peak[dtype]
+
   def roofline_s(self, bytes_moved: float, flops: float, dtype: str = "bfloat16") -> float:
     """The least time for work that moves `bytes_moved` and computes `flops` with `dtype` matmul inputs."""
-    return max(bytes_moved / self.read_bandwidth, flops / self.peak[dtype])
+    return max(bytes_moved / self.read_bandwidth, flops / self.compute_peak(dtype))
 
   def describe(self) -> str:
     """One line for a report: the machine and its measured limits."""

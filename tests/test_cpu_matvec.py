@@ -34,8 +34,10 @@ def _operands(m, k, n, seed=0):
   return x, w
 
 
-# K past a multiple of the 32-element vector step, N past a multiple of the 4-row block, M odd and even.
-@pytest.mark.parametrize("m,k,n", [(1, 640, 1000), (2, 640, 1537), (3, 37, 101), (2, 1, 1), (1, 70, 9), (5, 96, 7)])
+# K past a multiple of the vector step, N past a multiple of the row block, M odd and even; M past a multiple of
+# the blocked kernel's activation block (4 or 6 rows) and N past several L2 tiles of weight rows (96 KiB each).
+@pytest.mark.parametrize("m,k,n", [(1, 640, 1000), (2, 640, 1537), (3, 37, 101), (2, 1, 1), (1, 70, 9), (5, 96, 7),
+                                   (8, 2048, 640), (13, 33, 5), (32, 640, 4099), (33, 1024, 77), (128, 64, 300)])
 def test_equals_a_float64_reference(m, k, n):
   x, w = _operands(m, k, n)
   expected = np.asarray(x, np.float64) @ np.asarray(w, np.float64).T
@@ -107,9 +109,9 @@ def _step_fn(model, matmul):
   return jax.jit(step)
 
 
-def test_decoder_runs_the_skinny_kernel_for_one_row_and_xla_for_many(bf16_model):
+def test_decoder_runs_the_skinny_kernel_up_to_this_cpus_row_limit_and_xla_past_it(bf16_model):
   kernel = decoding.Matmul(cpu_kernel="skinny")
-  one, many = jnp.array([[5]]), jnp.arange(4)[:, None] + 3
+  one, many = jnp.array([[5]]), jnp.arange(cpu_matvec.max_rows() + 1)[:, None] + 3
   hlo = lambda matmul, tokens: _step_fn(bf16_model, matmul).lower(tokens, jnp.zeros_like(tokens)).as_text()
   assert cpu_matvec.TARGET in hlo(kernel, one)
   assert cpu_matvec.TARGET not in hlo(kernel, many)
@@ -206,6 +208,13 @@ def test_without_amx_the_skinny_path_is_chosen_and_a_forced_amx_request_raises(m
     sampler.sample_from_tokens(bf16_model, [[2, 5, 9]], max_new_tokens=2)
 
 
+def test_the_row_limit_follows_the_cpus_bf16_dot_products(monkeypatch):
+  monkeypatch.setattr(cpu_matvec, "_cpu_flags", lambda: "flags\t\t: avx2 fma avx512f avx512_bf16")
+  assert cpu_matvec.cpu_has_bf16_dot() and cpu_matvec.max_rows() == cpu_matvec.MAX_ROWS == 2
+  monkeypatch.setattr(cpu_matvec, "_cpu_flags", lambda: "flags\t\t: avx2 fma")
+  assert not cpu_matvec.cpu_has_bf16_dot() and cpu_matvec.max_rows() == cpu_matvec.BLOCKED_MAX_ROWS == 128
+
+
 def test_an_unknown_kernel_mode_is_an_error(monkeypatch):
   monkeypatch.setenv(cpu_matvec.ENV_SWITCH, "fast")
   with pytest.raises(ValueError, match="SPCT_CPU_KERNELS='fast': expected one of auto, amx, no-amx, off"):
@@ -285,7 +294,7 @@ def test_decoder_runs_this_cpus_kernel_for_every_row_count_and_equals_xla(bf16_m
   for tokens in (jnp.array([[5]]), jnp.arange(6)[:, None] + 3):
     hlo = _step_fn(bf16_model, kernel).lower(tokens, jnp.zeros_like(tokens)).as_text()
     assert (cpu_matvec.AMX_TARGETS["matmul"] in hlo) == HAS_AMX
-    assert (cpu_matvec.TARGET in hlo) == (not HAS_AMX and tokens.shape[0] <= cpu_matvec.MAX_ROWS)
+    assert (cpu_matvec.TARGET in hlo) == (not HAS_AMX and tokens.shape[0] <= cpu_matvec.max_rows())
     got = _step_fn(bf16_model, kernel)(tokens, jnp.zeros_like(tokens))
     expected = _step_fn(bf16_model, decoding.Matmul())(tokens, jnp.zeros_like(tokens))
     np.testing.assert_allclose(got, expected, rtol=2e-2, atol=2e-2 * float(jnp.abs(expected).max()))

@@ -1,5 +1,5 @@
-// Skinny bf16 matmul for XLA:CPU decoding, any CPU (cpu_amx.cc is the AMX path):
-// y f32[M, N] = x bf16[M, K] @ w bf16[N, K]^T, M a few rows.
+// bf16 matmuls for XLA:CPU decoding, any CPU (cpu_amx.cc is the AMX path):
+// y f32[M, N] = x bf16[M, K] @ w bf16[N, K]^T, M from one row to a decode batch (up to cpu_matvec.MAX_ROWS).
 //
 // Decoding one sequence streams every weight once per token for one or two activation rows. XLA:CPU's bf16 dot
 // (YNNPACK) moves such a weight at about half the speed a plain read of it reaches on the same cores, so this
@@ -7,11 +7,18 @@
 // [out, in] (the LM head's [V, D] table as is): every output is a dot product over one contiguous row.
 // Built by spct_jax/kernels/cpu_matvec.py with -march=native; written with GCC/Clang vector extensions so it
 // compiles for any ISA, with AVX-512 BF16 dot-product instructions where the CPU has them.
+//
+// A decode batch (8-32 rows) on a CPU without AMX is bound by FLOPs, not bytes, and XLA:CPU's bf16 dot (which
+// widens bf16 itself where the ISA has no bf16 arithmetic) reaches ~65% of the f32 GEMM peak there. For M > 2,
+// `BlockedRows` keeps a tile of weight rows in L2 and multiplies it with every activation row from registers:
+// accumulators for kBlockR weight rows x kBlockM activation rows, each weight vector loaded and widened once per
+// step and used kBlockM times.
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__FMA__)
 #include <immintrin.h>
 #endif
 
@@ -87,6 +94,197 @@ void DotRows(const uint16_t* x, const uint16_t* w, float* y, int64_t m0, int64_t
   for (; n < hi; ++n) DotBlock<1, MB>(xs, w + n * k_dim, y, m0, n, k_dim, n_dim);
 }
 
+// ---- Blocked kernel for decode batches (M > 2). ----
+
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;  // f32 lanes of one native vector
+#else
+constexpr int kLanes = 8;
+#endif
+typedef float f32xN __attribute__((vector_size(4 * kLanes)));
+typedef uint32_t u32xN __attribute__((vector_size(4 * kLanes)));
+
+#if defined(__AVX512BF16__)
+constexpr int64_t kBlockStep = 32;  // K elements per step: one 64-byte bf16 load
+constexpr int kBlockR = 4, kBlockM = 6;  // 24 accumulators + 4 weight vectors of the 32 zmm registers
+#elif defined(__AVX512F__)
+constexpr int64_t kBlockStep = 2 * kLanes;
+constexpr int kBlockR = 4, kBlockM = 4;  // 16 accumulators + 8 widened weight vectors + 2 for x
+#else
+constexpr int64_t kBlockStep = 2 * kLanes;
+// 8 accumulators + 4 widened weight vectors + 2 for x + the mask: 15 of 16 ymm (on 2 Zen 3 cores, at 32 rows,
+// 2 x 5 and 1 x 8 were 15-40% slower, 3 x 3 50%)
+constexpr int kBlockR = 2, kBlockM = 4;
+#endif
+// Weight rows kept in L2 while every activation row passes over them (48 and 192 KiB measured ~10% slower).
+constexpr int64_t kTileBytes = 96 * 1024;
+// Rows the skinny DotRows path takes: with AVX-512 (measured on Zen 4 before the blocked kernel existed) one or
+// two; on AVX2 none, its 64-byte vectors spill there and the blocked kernel's native ones do not.
+#if defined(__AVX512F__)
+constexpr int64_t kSkinnyMaxRows = 2;
+#else
+constexpr int64_t kSkinnyMaxRows = 0;
+#endif
+
+inline f32xN Fma(f32xN acc, f32xN a, f32xN b) {
+#if defined(__AVX512F__)
+  return (f32xN)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)acc);
+#elif defined(__FMA__)
+  return (f32xN)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)acc);
+#else
+  return acc + a * b;
+#endif
+}
+
+// out[i] = the sum of v[i]'s lanes, i < count: 8 at a time through a transposing horizontal add on AVX2 (the
+// epilogue of a block is ~R * MB reductions against its 2 R MB FMAs per K step; a serial sum of lanes per output
+// cost as much as a third of the block for K = 640).
+inline void LaneSums(const f32xN* v, int count, float* out) {
+  int i = 0;
+#if !defined(__AVX512F__) && defined(__AVX__)
+  for (; i + 8 <= count; i += 8) {
+    const __m256 t0 = _mm256_hadd_ps(_mm256_hadd_ps((__m256)v[i], (__m256)v[i + 1]),
+                                     _mm256_hadd_ps((__m256)v[i + 2], (__m256)v[i + 3]));
+    const __m256 t1 = _mm256_hadd_ps(_mm256_hadd_ps((__m256)v[i + 4], (__m256)v[i + 5]),
+                                     _mm256_hadd_ps((__m256)v[i + 6], (__m256)v[i + 7]));
+    _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31)));
+  }
+#endif
+  for (; i < count; ++i) {
+#if defined(__AVX512F__)
+    out[i] = _mm512_reduce_add_ps((__m512)v[i]);
+#else
+    f32xN x = v[i];
+    float s = 0.f;
+    for (int j = 0; j < kLanes; ++j) s += x[j];
+    out[i] = s;
+#endif
+  }
+}
+
+// The activations as the blocked kernel reads them. With bf16 dot-product instructions: x itself (pairs of bf16 in
+// each 32-bit lane). Otherwise x widened once per call to f32 and split by parity, so that a weight vector read as
+// u32 lanes (element 2i in the low half, 2i+1 in the high half) widens with one shift / one mask: even[m][i] =
+// x[m][2i], odd[m][i] = x[m][2i+1].
+struct Activations {
+  const uint16_t* x;
+  int64_t k_dim;
+  std::vector<float> even, odd;  // [M, K / 2] each (empty with bf16 dot products)
+
+  Activations(const uint16_t* x_, int64_t m_dim, int64_t k_dim_) : x(x_), k_dim(k_dim_) {
+#if !defined(__AVX512BF16__)
+    const int64_t half = k_dim / 2;
+    even.resize(m_dim * half);
+    odd.resize(m_dim * half);
+    for (int64_t m = 0; m < m_dim; ++m)
+      for (int64_t i = 0; i < half; ++i) {
+        even[m * half + i] = Bf16ToF32(x[m * k_dim + 2 * i]);
+        odd[m * half + i] = Bf16ToF32(x[m * k_dim + 2 * i + 1]);
+      }
+#endif
+  }
+};
+
+// y[m0:m0+MB, n:n+R] over the whole of K.
+template <int R, int MB>
+inline void Block(const Activations& a, const uint16_t* w, float* y, int64_t m0, int64_t n, int64_t n_dim) {
+  const int64_t k_dim = a.k_dim, k_vec = k_dim / kBlockStep * kBlockStep;
+  const uint16_t* w_rows = w + n * k_dim;
+  f32xN acc[R][MB] = {};
+#if defined(__AVX512BF16__)
+  for (int64_t k = 0; k < k_vec; k += kBlockStep) {
+    __m512bh wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = (__m512bh)_mm512_loadu_si512(w_rows + r * k_dim + k);
+    for (int m = 0; m < MB; ++m) {
+      const __m512bh xv = (__m512bh)_mm512_loadu_si512(a.x + (m0 + m) * k_dim + k);
+      for (int r = 0; r < R; ++r) acc[r][m] = (f32xN)_mm512_dpbf16_ps((__m512)acc[r][m], wv[r], xv);
+    }
+  }
+#else
+  const int64_t half = k_dim / 2;
+  for (int64_t k = 0; k < k_vec; k += kBlockStep) {
+    f32xN we[R], wo[R];
+    for (int r = 0; r < R; ++r) {
+      u32xN wu;
+      std::memcpy(&wu, w_rows + r * k_dim + k, sizeof wu);
+      we[r] = (f32xN)(wu << 16);
+      wo[r] = (f32xN)(wu & 0xffff0000u);
+    }
+    for (int m = 0; m < MB; ++m) {
+      f32xN xe, xo;
+      std::memcpy(&xe, a.even.data() + (m0 + m) * half + k / 2, sizeof xe);
+      std::memcpy(&xo, a.odd.data() + (m0 + m) * half + k / 2, sizeof xo);
+      for (int r = 0; r < R; ++r) acc[r][m] = Fma(Fma(acc[r][m], we[r], xe), wo[r], xo);
+    }
+  }
+#endif
+  float sums[R * MB];
+  LaneSums(&acc[0][0], R * MB, sums);
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MB; ++m) {
+      float s = sums[r * MB + m];
+      for (int64_t k = k_vec; k < k_dim; ++k) s += Bf16ToF32(w_rows[r * k_dim + k]) * Bf16ToF32(a.x[(m0 + m) * k_dim + k]);
+      y[(m0 + m) * n_dim + n + r] = s;
+    }
+}
+
+// The next tile's bytes, requested a slice per block over all the passes of the current tile (into L2, where the
+// next passes read it). Without it the first pass over a tile waits on memory: the hardware prefetchers lose the
+// stream while the other passes re-read the tile (half the time at 8 rows).
+struct Prefetcher {
+  const char *next, *end;
+  int64_t per_block;
+
+  void Step() {
+    for (const char* stop = std::min(end, next + per_block); next < stop; next += 64)
+      __builtin_prefetch(next, 0, 2);  // prefetcht1: into L2
+  }
+};
+
+// Weight rows per block for MB activation rows: fewer activation rows get more weight rows, their FMAs having
+// fewer independent accumulators to hide their latency behind.
+template <int MB>
+constexpr int kRowsFor = MB == 1 ? 2 * kBlockR : MB == 2 ? kBlockR + 1 : kBlockR;
+
+// y[m0:m0+MB, lo:hi].
+template <int MB>
+void BlockColumns(const Activations& a, const uint16_t* w, float* y, int64_t m0, int64_t n_dim, int64_t lo,
+                  int64_t hi, Prefetcher& prefetch) {
+  constexpr int R = kRowsFor<MB>;
+  int64_t n = lo;
+  for (; n + R <= hi; n += R) {
+    prefetch.Step();
+    Block<R, MB>(a, w, y, m0, n, n_dim);
+  }
+  for (; n < hi; ++n) Block<1, MB>(a, w, y, m0, n, n_dim);
+}
+
+// The last m_dim % kBlockM activation rows in one pass (MB = the remainder).
+template <int MB>
+void RemainingRows(const Activations& a, const uint16_t* w, float* y, int64_t m0, int64_t rest, int64_t n_dim,
+                   int64_t lo, int64_t hi, Prefetcher& prefetch) {
+  if constexpr (MB > 0) {
+    if (rest == MB) return BlockColumns<MB>(a, w, y, m0, n_dim, lo, hi, prefetch);
+    RemainingRows<MB - 1>(a, w, y, m0, rest, n_dim, lo, hi, prefetch);
+  }
+}
+
+// Weight rows [lo, hi) for every activation row, one L2-sized tile of rows at a time.
+void BlockedRows(const Activations& a, const uint16_t* w, float* y, int64_t m_dim, int64_t n_dim, int64_t lo,
+                 int64_t hi) {
+  const int64_t row_bytes = 2 * a.k_dim;
+  const int64_t tile = std::max<int64_t>(kBlockR, kTileBytes / row_bytes / kBlockR * kBlockR);
+  const int64_t passes = (m_dim + kBlockM - 1) / kBlockM, blocks = passes * ((tile + kBlockR - 1) / kBlockR);
+  const char* base = reinterpret_cast<const char*>(w);
+  for (int64_t t0 = lo; t0 < hi; t0 += tile) {
+    const int64_t t1 = std::min(hi, t0 + tile), t2 = std::min(hi, t1 + tile);
+    Prefetcher prefetch{base + t1 * row_bytes, base + t2 * row_bytes, ((t2 - t1) * row_bytes / blocks + 63) / 64 * 64};
+    int64_t m0 = 0;
+    for (; m0 + kBlockM <= m_dim; m0 += kBlockM) BlockColumns<kBlockM>(a, w, y, m0, n_dim, t0, t1, prefetch);
+    RemainingRows<kBlockM - 1>(a, w, y, m0, m_dim - m0, n_dim, t0, t1, prefetch);
+  }
+}
+
 // out[0] = a checksum of a bf16 buffer read as 64-byte vectors over the thread pool: the read bandwidth these
 // kernels can reach (benchmarks/machine.py times it).
 ffi::Error StreamRead(ffi::ThreadPool pool, Bf16Vector data, ffi::Result<F32Vector> out) {
@@ -119,6 +317,11 @@ ffi::Error SkinnyMatmul(ffi::ThreadPool pool, Bf16Matrix x, Bf16Matrix w, ffi::R
   const auto* xp = reinterpret_cast<const uint16_t*>(x.typed_data());
   const auto* wp = reinterpret_cast<const uint16_t*>(w.typed_data());
   float* yp = y->typed_data();
+  if (m_dim > kSkinnyMaxRows) {
+    const Activations a(xp, m_dim, k_dim);
+    ParallelFor(pool, n_dim, 16, [&](int64_t lo, int64_t hi) { BlockedRows(a, wp, yp, m_dim, n_dim, lo, hi); });
+    return ffi::Error::Success();
+  }
   ParallelFor(pool, n_dim, 64, [&](int64_t lo, int64_t hi) {
     int64_t m0 = 0;
     for (; m0 + 2 <= m_dim; m0 += 2) DotRows<2>(xp, wp, yp, m0, k_dim, n_dim, lo, hi);

@@ -4,8 +4,9 @@ A decode step streams every weight once for a few activation rows, so it should 
 bf16 dot does not: for one row it moves a weight at about half the bandwidth a plain read reaches (12 ms vs ~7 ms for
 Gemma 3's 262k x 640 LM head on the 2-core AMD development machine), and at 32 rows it took the head 3x as long as
 reading it on an AMX Xeon (benchmarks/README.md). Two kernels:
-- `skinny_matmul` (`cpu_matvec.cc`): x bf16[M, K] @ w bf16[N, K]^T for M <= MAX_ROWS, each output a dot product
-  over one contiguous weight row (AVX-512 BF16 instructions, or plain vector code on any other CPU).
+- `skinny_matmul` (`cpu_matvec.cc`): x bf16[M, K] @ w bf16[N, K]^T for M <= `max_rows()`, each output a dot
+  product over one contiguous weight row (AVX-512 BF16 instructions, or plain vector code on any other CPU); for
+  a decode batch, blocks of weight rows x activation rows kept in registers over an L2-sized tile of weights.
 - `amx_matmul` / `amx_head` (`cpu_amx.cc`, built only where the compiler targets AMX): any M, weights pre-tiled by
   `tile`; the head variant also returns the softmax summaries `strategies.Logits` wants, in the same pass.
 
@@ -43,7 +44,10 @@ import numpy as np
 
 from spct_jax import files
 
-MAX_ROWS = 2  # skinny kernel, one decode step's weights: 2.2x XLA's dot at 1 row, 1.4x at 2, even at 3, slower from 4
+# Rows up to which decoding runs `skinny_matmul` instead of XLA's dot, by what was measured (one decode step's
+# matmuls, Gemma 3 270M shapes, 2 cores):
+MAX_ROWS = 2  # with AVX-512 BF16 (Zen 4): 2.2x XLA's dot at 1 row, 1.4x at 2, even at 3, slower from 4
+BLOCKED_MAX_ROWS = 128  # without bf16 arithmetic (Zen 3, AVX2): 1.6x at 1 row, 2.1x at 8, 1.3x at 32, 1.2x at 128
 AMX_MAX_ROWS = 128  # amx_matmul vs XLA's dot on an AMX Xeon: 1.6x faster at 32 rows, even at 128, 1.5x slower at 1024
 TILE = 32  # amx_matmul weights: [N/TILE, K/TILE, TILE, TILE] blocks
 HEAD_BLOCK = 512  # vocabulary entries per softmax summary of amx_head (strategies.BLOCK)
@@ -81,6 +85,17 @@ def cpu_has_amx() -> bool:
   """Whether this CPU has AMX bf16 tiles (Linux /proc/cpuinfo flags `amx_tile` and `amx_bf16`)."""
   flags = set(_cpu_flags().split(":", 1)[-1].split())
   return {"amx_tile", "amx_bf16"} <= flags
+
+
+def cpu_has_bf16_dot() -> bool:
+  """Whether this CPU has bf16 dot-product instructions (`avx512_bf16`), which XLA's bf16 dot uses itself."""
+  return "avx512_bf16" in set(_cpu_flags().split(":", 1)[-1].split())
+
+
+def max_rows() -> int:
+  """The most rows a decode matmul hands to `skinny_matmul` on this CPU (more go to XLA's dot): where XLA's bf16
+  dot has bf16 instructions it wins from 3 rows, where it must widen bf16 itself the kernel wins up to 128."""
+  return MAX_ROWS if cpu_has_bf16_dot() else BLOCKED_MAX_ROWS
 
 
 def mode() -> str:

@@ -20,7 +20,8 @@ norms, `_rotate_qk` and `_attend`.
 Weights are [out, in]. On the CPU, decode matmuls can run C++ kernels (`Matmul.cpu_kernel`,
 `spct_jax.kernels.cpu_matvec`): XLA:CPU's bf16 dot reads the weights of a one-sequence step at about half the
 bandwidth a plain read reaches, and of a 32-row step at a third (on an AMX Xeon). On CPUs without AMX, matmuls of
-one or two rows stream each [out, in] weight row once ("skinny"); with AMX, every matmul of up to
+up to `cpu_matvec.max_rows()` rows stream each [out, in] weight row once ("skinny": one or two rows where the CPU
+has bf16 dot products, up to 128 where it has none, e.g. AVX2 only); with AMX, every matmul of up to
 `cpu_matvec.AMX_MAX_ROWS` rows runs on AMX tiles from a tiled copy of the weights (`params["layer_tiles"]`, the
 head only tiled), and the LM head returns the logits' softmax summaries from the same pass (`next_token_logits`).
 """
@@ -59,7 +60,7 @@ class Matmul:
   """How decoding multiplies activations by weights; static (part of the compiled function).
 
   Attributes:
-    cpu_kernel: None: XLA's dot. "skinny": matmuls of at most `cpu_matvec.MAX_ROWS` rows with bf16 weights run
+    cpu_kernel: None: XLA's dot. "skinny": matmuls of at most `cpu_matvec.max_rows()` rows with bf16 weights run
       `cpu_matvec.skinny_matmul`. "amx": the params are tiled (`decoding_params(..., tiled=True)`) and matmuls of
       at most `cpu_matvec.AMX_MAX_ROWS` rows run `cpu_matvec.amx_matmul`, the head always (XLA:CPU only; see
       `cpu_kernel_for`).
@@ -269,7 +270,7 @@ def _linear(cfg: ModelConfig, x: jax.Array, p: dict, name: str, matmul: Matmul) 
   w, tiles = p[name], p.get("tiles", {}).get(name)
   if w.ndim == 4 or (tiles is not None and live * t <= cpu_matvec.AMX_MAX_ROWS):
     out = cpu_matvec.amx_matmul(rows, w if w.ndim == 4 else tiles)  # rounds rows to bf16 itself
-  elif matmul.cpu_kernel and live * t <= cpu_matvec.MAX_ROWS and w.dtype == jnp.bfloat16:
+  elif matmul.cpu_kernel and live * t <= cpu_matvec.max_rows() and w.dtype == jnp.bfloat16:
     out = cpu_matvec.skinny_matmul(rows.astype(jnp.bfloat16), w)
   else:
     out = tfm._dot("xi,oi->xo", rows, w, cfg)  # pylint: disable=protected-access
