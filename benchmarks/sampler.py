@@ -146,7 +146,8 @@ def worker_ours(spec: dict, dtype: str) -> dict:
   load_gpu_mib = gpu_peak()
   phases = _phases(spec, run, warmup, spec["reps"], gpu_peak)
   kernel = decoding.cpu_kernel_for(model.cfg)
-  matmuls = {"amx": f"AMX kernel (<= {cpu_matvec.AMX_MAX_ROWS} rows)", "skinny": "skinny kernel (<= 2 rows)"}
+  matmuls = {"amx": f"AMX kernel (<= {cpu_matvec.AMX_MAX_ROWS} rows)",
+             "skinny": f"skinny kernel (<= {cpu_matvec.max_rows()} rows)"}
   return dict(system=f"ours-{dtype}", load_s=load_s, load_peak_rss_mib=mem.peak_mib, phases=phases,
               device_name=device_name, load_peak_gpu_mib=load_gpu_mib, decode_matmuls=matmuls.get(kernel, "XLA dot"),
               dtypes=f"{model.cfg.param_dtype} / {model.cfg.compute_dtype}")

@@ -147,7 +147,8 @@ inline void LaneSums(const f32xN* v, int count, float* out) {
                                      _mm256_hadd_ps((__m256)v[i + 2], (__m256)v[i + 3]));
     const __m256 t1 = _mm256_hadd_ps(_mm256_hadd_ps((__m256)v[i + 4], (__m256)v[i + 5]),
                                      _mm256_hadd_ps((__m256)v[i + 6], (__m256)v[i + 7]));
-    _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31)));
+    const __m256 low = _mm256_permute2f128_ps(t0, t1, 0x20), high = _mm256_permute2f128_ps(t0, t1, 0x31);
+    _mm256_storeu_ps(out + i, _mm256_add_ps(low, high));
   }
 #endif
   for (; i < count; ++i) {
@@ -223,7 +224,8 @@ inline void Block(const Activations& a, const uint16_t* w, float* y, int64_t m0,
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < MB; ++m) {
       float s = sums[r * MB + m];
-      for (int64_t k = k_vec; k < k_dim; ++k) s += Bf16ToF32(w_rows[r * k_dim + k]) * Bf16ToF32(a.x[(m0 + m) * k_dim + k]);
+      for (int64_t k = k_vec; k < k_dim; ++k)
+        s += Bf16ToF32(w_rows[r * k_dim + k]) * Bf16ToF32(a.x[(m0 + m) * k_dim + k]);
       y[(m0 + m) * n_dim + n + r] = s;
     }
 }
