@@ -7,9 +7,10 @@ Usage:
 
 For each row count and kernel mode (`SPCT_CPU_KERNELS`: on = AMX where present, else the skinny kernel; no-amx =
 the skinny kernel for up to `cpu_matvec.max_rows()` rows (2 with AVX-512 BF16, 128 without), XLA's dot otherwise;
-off = XLA's dot), a step's time is that of the sampler's compiled decode loop for 40 new tokens divided by its 39 model steps (the first token's draw is counted with them),
-best of the interleaved repeats; prefill runs untimed before each call. Rows sample at temperature 1 (batch 1:
-greedy), 4 distinct prompts of `--prompt-len` tokens (1 for fewer than 8 rows), EOS disabled. The roofline is
+off = XLA's dot), a step's time is that of the sampler's compiled decode loop for 40 new tokens divided by its 39
+model steps (the first token's draw is counted with them), best of the interleaved repeats; prefill runs untimed
+before each call. Rows sample at temperature 1 (batch 1: greedy), 4 distinct prompts of `--prompt-len` tokens (1
+for fewer than 8 rows), EOS disabled. The roofline is
 `machine.decode_roofline_s` at the mean cache length; the machine is measured in this process before the timings
 (`machine.measure`), so both see the same load.
 Everything runs in one process: it is a development tool, the peers are in sampler.py.

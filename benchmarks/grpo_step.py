@@ -261,7 +261,7 @@ def report(results: dict[str, dict], spec: dict, machine: machine_lib.Machine | 
     if peak is None:
       return None
     return ((2 * n_flops * st["completion_tokens"] + 6 * n_flops * st["train_tokens"]) / st["step_s"]
-            / max(peak["bfloat16"], peak["float32"]))  # bf16 widened to f32 where that is faster (Zen 3)
+            / machine.compute_peak("bfloat16"))
 
   def row(label, fn, digits=2):
     return [label] + [common.fmt(fn(s), digits) for s in names]

@@ -1,5 +1,5 @@
 // bf16 matmuls for XLA:CPU decoding, any CPU (cpu_amx.cc is the AMX path):
-// y f32[M, N] = x bf16[M, K] @ w bf16[N, K]^T, M from one row to a decode batch (up to cpu_matvec.MAX_ROWS).
+// y f32[M, N] = x bf16[M, K] @ w bf16[N, K]^T, M from one row to a decode batch (up to cpu_matvec.max_rows()).
 //
 // Decoding one sequence streams every weight once per token for one or two activation rows. XLA:CPU's bf16 dot
 // (YNNPACK) moves such a weight at about half the speed a plain read of it reaches on the same cores, so this
@@ -9,7 +9,7 @@
 // compiles for any ISA, with AVX-512 BF16 dot-product instructions where the CPU has them.
 //
 // A decode batch (8-32 rows) on a CPU without AMX is bound by FLOPs, not bytes, and XLA:CPU's bf16 dot (which
-// widens bf16 itself where the ISA has no bf16 arithmetic) reaches ~65% of the f32 GEMM peak there. For M > 2,
+// widens bf16 itself where the ISA has no bf16 arithmetic) reaches about half the f32 GEMM peak there. For M > 2,
 // `BlockedRows` keeps a tile of weight rows in L2 and multiplies it with every activation row from registers:
 // accumulators for kBlockR weight rows x kBlockM activation rows, each weight vector loaded and widened once per
 // step and used kBlockM times.

@@ -81,15 +81,18 @@ def _cpu_flags() -> str:
   return _cpuinfo("flags", "Features")
 
 
+def _cpu_flag_set() -> set[str]:
+  return set(_cpu_flags().split(":", 1)[-1].split())
+
+
 def cpu_has_amx() -> bool:
   """Whether this CPU has AMX bf16 tiles (Linux /proc/cpuinfo flags `amx_tile` and `amx_bf16`)."""
-  flags = set(_cpu_flags().split(":", 1)[-1].split())
-  return {"amx_tile", "amx_bf16"} <= flags
+  return {"amx_tile", "amx_bf16"} <= _cpu_flag_set()
 
 
 def cpu_has_bf16_dot() -> bool:
   """Whether this CPU has bf16 dot-product instructions (`avx512_bf16`), which XLA's bf16 dot uses itself."""
-  return "avx512_bf16" in set(_cpu_flags().split(":", 1)[-1].split())
+  return "avx512_bf16" in _cpu_flag_set()
 
 
 def max_rows() -> int:
