@@ -40,7 +40,8 @@ def test_readme_test_command_is_what_ci_runs():
   ci_steps = [_normalized(c) for c in _ci_commands()]
   positions = [ci_steps.index(_normalized(step)) for step in readme_steps]  # ValueError: a step CI does not run
   assert positions == sorted(positions), "CI runs the README's steps in another order"
-  assert _ci_commands()[-1] == readme_steps[-1] == "python -m pytest -q -p no:cacheprovider tests"
+  test_command = "python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests"
+  assert _ci_commands()[-1] == readme_steps[-1] == test_command
 
 
 def _run_ci_pytest(tree: pathlib.Path, **env_overrides) -> subprocess.CompletedProcess:
