@@ -159,7 +159,7 @@ def test_batched_sampling_with_the_kernels_draws_the_xla_paths_tokens(bf16_model
 
 
 @pytest.mark.slow
-def test_real_model_greedy_with_the_kernel_equals_the_xla_path(monkeypatch):
+def test_real_model_greedy_with_the_kernel_follows_the_xla_path_up_to_near_ties(monkeypatch):
   from spct_jax.weights import load_model  # pylint: disable=g-import-not-at-top
   model, tokenizer = load_model("gemma3-270m", compute_dtype="bfloat16")
   runs = {}
@@ -168,9 +168,16 @@ def test_real_model_greedy_with_the_kernel_equals_the_xla_path(monkeypatch):
     runs[switch] = [sampler.sample_from_tokens(model, [tokenizer.encode(text)], max_new_tokens=24,
                                                eos_ids=(tokenizer.eos_id,))[0]
                     for text in ("The capital of France is", "def fibonacci(n):\n")]
-  for on, off in zip(runs["on"], runs["off"]):
-    np.testing.assert_array_equal(on.tokens, off.tokens)
-    np.testing.assert_allclose(on.model_logps, off.model_logps, atol=0.1)
+  for text, on, off in zip(("The capital of France is", "def fibonacci(n):\n"), runs["on"], runs["off"]):
+    on_tokens, off_tokens = np.asarray(on.tokens[0]), np.asarray(off.tokens[0])
+    same = int(np.argmax(on_tokens != off_tokens)) if (on_tokens != off_tokens).any() else len(on_tokens)
+    np.testing.assert_allclose(on.model_logps[0, :same], off.model_logps[0, :same], atol=0.1)
+    if same < len(on_tokens):
+      # Greedy paths whose f32 sums differ in order may part at a near-tie, never elsewhere: where they part, a
+      # full forward over the shared prefix gives both choices log-probs within bf16 rounding of each other.
+      prefix = tokenizer.encode(text) + [int(t) for t in on_tokens[:same]]
+      logps = jax.nn.log_softmax(model(jnp.asarray([prefix], jnp.int32))[0, -1].astype(jnp.float32))
+      assert abs(float(logps[on_tokens[same]] - logps[off_tokens[same]])) < 0.1, (text, same)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -210,7 +217,7 @@ def test_without_amx_the_skinny_path_is_chosen_and_a_forced_amx_request_raises(m
 
 def test_the_row_limit_follows_the_cpus_bf16_dot_products(monkeypatch):
   monkeypatch.setattr(cpu_matvec, "_cpu_flags", lambda: "flags\t\t: avx2 fma avx512f avx512_bf16")
-  assert cpu_matvec.cpu_has_bf16_dot() and cpu_matvec.max_rows() == cpu_matvec.MAX_ROWS == 2
+  assert cpu_matvec.cpu_has_bf16_dot() and cpu_matvec.max_rows() == cpu_matvec.MAX_ROWS == 16
   monkeypatch.setattr(cpu_matvec, "_cpu_flags", lambda: "flags\t\t: avx2 fma")
   assert not cpu_matvec.cpu_has_bf16_dot() and cpu_matvec.max_rows() == cpu_matvec.BLOCKED_MAX_ROWS == 128
 
