@@ -162,22 +162,22 @@ def test_batched_sampling_with_the_kernels_draws_the_xla_paths_tokens(bf16_model
 def test_real_model_greedy_with_the_kernel_follows_the_xla_path_up_to_near_ties(monkeypatch):
   from spct_jax.weights import load_model  # pylint: disable=g-import-not-at-top
   model, tokenizer = load_model("gemma3-270m", compute_dtype="bfloat16")
+  prompts = [tokenizer.encode(text) for text in ("The capital of France is", "def fibonacci(n):\n")]
   runs = {}
   for switch in ("on", "off"):
     monkeypatch.setenv(cpu_matvec.ENV_SWITCH, switch)
-    runs[switch] = [sampler.sample_from_tokens(model, [tokenizer.encode(text)], max_new_tokens=24,
-                                               eos_ids=(tokenizer.eos_id,))[0]
-                    for text in ("The capital of France is", "def fibonacci(n):\n")]
-  for text, on, off in zip(("The capital of France is", "def fibonacci(n):\n"), runs["on"], runs["off"]):
+    runs[switch] = [sampler.sample_from_tokens(model, [prompt], max_new_tokens=24, eos_ids=(tokenizer.eos_id,))[0]
+                    for prompt in prompts]
+  for prompt, on, off in zip(prompts, runs["on"], runs["off"]):
     on_tokens, off_tokens = np.asarray(on.tokens[0]), np.asarray(off.tokens[0])
     same = int(np.argmax(on_tokens != off_tokens)) if (on_tokens != off_tokens).any() else len(on_tokens)
     np.testing.assert_allclose(on.model_logps[0, :same], off.model_logps[0, :same], atol=0.1)
     if same < len(on_tokens):
       # Greedy paths whose f32 sums differ in order may part at a near-tie, never elsewhere: where they part, a
       # full forward over the shared prefix gives both choices log-probs within bf16 rounding of each other.
-      prefix = tokenizer.encode(text) + [int(t) for t in on_tokens[:same]]
+      prefix = prompt + [int(t) for t in on_tokens[:same]]
       logps = jax.nn.log_softmax(model(jnp.asarray([prefix], jnp.int32))[0, -1].astype(jnp.float32))
-      assert abs(float(logps[on_tokens[same]] - logps[off_tokens[same]])) < 0.1, (text, same)
+      assert abs(float(logps[on_tokens[same]] - logps[off_tokens[same]])) < 0.1, (prompt, same)
 
 
 # ---------------------------------------------------------------------------------------------------------------

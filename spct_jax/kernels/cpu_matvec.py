@@ -46,7 +46,7 @@ from spct_jax import files
 
 # Rows up to which decoding runs `skinny_matmul` instead of XLA's dot, by what was measured (one decode step's
 # matmuls, Gemma 3 270M shapes, 2 cores):
-MAX_ROWS = 16  # with AVX-512 BF16 (Zen 4), the blocked kernel: 1.5x XLA's dot at 2 rows, 1.3x at 8, 1.2x at 16, 0.9x at 32
+MAX_ROWS = 16  # with AVX-512 BF16 (Zen 4): 1.5x XLA's dot at 2 rows, 1.3x at 8, 1.2x at 16, 0.9x at 32
 BLOCKED_MAX_ROWS = 128  # without bf16 arithmetic (Zen 3, AVX2): 1.6x at 1 row, 2.1x at 8, 1.3x at 32, 1.2x at 128
 AMX_MAX_ROWS = 128  # amx_matmul vs XLA's dot on an AMX Xeon: 1.6x faster at 32 rows, even at 128, 1.5x slower at 1024
 TILE = 32  # amx_matmul weights: [N/TILE, K/TILE, TILE, TILE] blocks
