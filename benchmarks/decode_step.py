@@ -6,7 +6,7 @@ Usage:
   python benchmarks/decode_step.py --quick              # rows 1 and 32, kernels on, 2 repeats
 
 For each row count and kernel mode (`SPCT_CPU_KERNELS`: on = AMX where present, else the skinny kernel; no-amx =
-the skinny kernel for up to `cpu_matvec.max_rows()` rows (16 with AVX-512 BF16, 128 without), XLA's dot otherwise;
+the skinny kernel for up to `cpu_matvec.max_rows()` rows (64 with AVX-512 BF16, 128 without), XLA's dot otherwise;
 off = XLA's dot), a step's time is that of the sampler's compiled decode loop for 40 new tokens divided by its 39
 model steps (the first token's draw is counted with them), best of the interleaved repeats; prefill runs untimed
 before each call. Rows sample at temperature 1 (batch 1: greedy), 4 distinct prompts of `--prompt-len` tokens (1

@@ -217,7 +217,7 @@ def test_without_amx_the_skinny_path_is_chosen_and_a_forced_amx_request_raises(m
 
 def test_the_row_limit_follows_the_cpus_bf16_dot_products(monkeypatch):
   monkeypatch.setattr(cpu_matvec, "_cpu_flags", lambda: "flags\t\t: avx2 fma avx512f avx512_bf16")
-  assert cpu_matvec.cpu_has_bf16_dot() and cpu_matvec.max_rows() == cpu_matvec.MAX_ROWS == 16
+  assert cpu_matvec.cpu_has_bf16_dot() and cpu_matvec.max_rows() == cpu_matvec.MAX_ROWS == 64
   monkeypatch.setattr(cpu_matvec, "_cpu_flags", lambda: "flags\t\t: avx2 fma")
   assert not cpu_matvec.cpu_has_bf16_dot() and cpu_matvec.max_rows() == cpu_matvec.BLOCKED_MAX_ROWS == 128
 

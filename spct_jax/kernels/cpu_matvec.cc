@@ -1,18 +1,17 @@
 // bf16 matmuls for XLA:CPU decoding, any CPU (cpu_amx.cc is the AMX path):
 // y f32[M, N] = x bf16[M, K] @ w bf16[N, K]^T, M from one row to a decode batch (up to cpu_matvec.max_rows()).
 //
-// Decoding one sequence streams every weight once per token for one or two activation rows. XLA:CPU's bf16 dot
-// (YNNPACK) moves such a weight at about half the speed a plain read of it reaches on the same cores, so this
-// kernel reads each weight row once, multiplies it with all M activation rows and accumulates in f32. Weights are
-// [out, in] (the LM head's [V, D] table as is): every output is a dot product over one contiguous row.
+// Decoding one sequence streams every weight once per token for one or two activation rows, and XLA:CPU's bf16 dot
+// (YNNPACK) moves such a weight at about half the speed a plain read of it reaches on the same cores; a decode
+// batch (8-64 rows) on a CPU without AMX is bound by FLOPs, not bytes, and XLA:CPU's bf16 dot (which widens bf16
+// itself where the ISA has no bf16 arithmetic) reaches about half the GEMM peak there. So `BlockedRows` keeps a
+// tile of weight rows in L2 (prefetching the next one) and multiplies it with every activation row from
+// registers: accumulators for kBlockR weight rows x kBlockM activation rows, each weight vector loaded (and widened)
+// once per step and used kBlockM times, accumulated in f32. Weights are [out, in] (the LM head's [V, D] table as
+// is): every output is a dot product over one contiguous row, its lanes summed at the end of the block.
 // Built by spct_jax/kernels/cpu_matvec.py with -march=native; written with GCC/Clang vector extensions so it
-// compiles for any ISA, with AVX-512 BF16 dot-product instructions where the CPU has them.
-//
-// A decode batch (8-32 rows) on a CPU without AMX is bound by FLOPs, not bytes, and XLA:CPU's bf16 dot (which
-// widens bf16 itself where the ISA has no bf16 arithmetic) reaches about half the f32 GEMM peak there. For M > 2,
-// `BlockedRows` keeps a tile of weight rows in L2 and multiplies it with every activation row from registers:
-// accumulators for kBlockR weight rows x kBlockM activation rows, each weight vector loaded and widened once per
-// step and used kBlockM times.
+// compiles for any ISA, with AVX-512 BF16 dot-product instructions where the CPU has them. (A separate path for one
+// or two rows, without tiles or prefetch, was 1.35x slower per decode step on Zen 4 and was removed.)
 
 #include <cstdint>
 #include <cstring>
@@ -28,11 +27,7 @@ namespace {
 
 using namespace spct;  // NOLINT: the shared aliases
 
-typedef float f32x16 __attribute__((vector_size(64)));
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
-
-constexpr int64_t kStep = 32;  // bf16 elements per vector step: one 64-byte load
-constexpr int kRows = 4;       // weight rows per block
 
 inline float Bf16ToF32(uint16_t v) {
   uint32_t u = uint32_t(v) << 16;
@@ -40,61 +35,6 @@ inline float Bf16ToF32(uint16_t v) {
   std::memcpy(&f, &u, sizeof f);
   return f;
 }
-
-inline float Sum(f32x16 v) {
-#if defined(__AVX512F__)
-  return _mm512_reduce_add_ps((__m512)v);
-#else
-  float s = 0.f;
-  for (int i = 0; i < 16; ++i) s += v[i];
-  return s;
-#endif
-}
-
-// acc += the 32 pairwise products of w[0:32] and x[0:32], lane i holding those of elements 2i and 2i+1.
-inline void DotStep(f32x16& acc, const uint16_t* w, const uint16_t* x) {
-#if defined(__AVX512BF16__)
-  acc = (f32x16)_mm512_dpbf16_ps((__m512)acc, (__m512bh)_mm512_loadu_si512(w), (__m512bh)_mm512_loadu_si512(x));
-#else
-  u32x16 wu, xu;
-  std::memcpy(&wu, w, sizeof wu);
-  std::memcpy(&xu, x, sizeof xu);
-  // A 32-bit lane holds two bf16 values: the even element in the low half, the odd one in the high half.
-  acc += (f32x16)(wu << 16) * (f32x16)(xu << 16);
-  acc += (f32x16)(wu & 0xffff0000u) * (f32x16)(xu & 0xffff0000u);
-#endif
-}
-
-// y[m0:m0+MB, n:n+R] from weight rows n .. n+R-1: R*MB independent accumulators hide the FMA latency.
-template <int R, int MB>
-inline void DotBlock(const uint16_t* const* xs, const uint16_t* w_rows, float* y, int64_t m0, int64_t n,
-                     int64_t k_dim, int64_t n_dim) {
-  const int64_t k_vec = k_dim / kStep * kStep;
-  f32x16 acc[R][MB] = {};
-  for (int64_t k = 0; k < k_vec; k += kStep)
-    for (int r = 0; r < R; ++r)
-      for (int m = 0; m < MB; ++m) DotStep(acc[r][m], w_rows + r * k_dim + k, xs[m] + k);
-  for (int r = 0; r < R; ++r) {
-    for (int m = 0; m < MB; ++m) {
-      float s = Sum(acc[r][m]);
-      for (int64_t k = k_vec; k < k_dim; ++k) s += Bf16ToF32(w_rows[r * k_dim + k]) * Bf16ToF32(xs[m][k]);
-      y[(m0 + m) * n_dim + n + r] = s;
-    }
-  }
-}
-
-// Rows [lo, hi) of y for activation rows m0 .. m0+MB-1.
-template <int MB>
-void DotRows(const uint16_t* x, const uint16_t* w, float* y, int64_t m0, int64_t k_dim, int64_t n_dim, int64_t lo,
-             int64_t hi) {
-  const uint16_t* xs[MB];
-  for (int m = 0; m < MB; ++m) xs[m] = x + (m0 + m) * k_dim;
-  int64_t n = lo;
-  for (; n + kRows <= hi; n += kRows) DotBlock<kRows, MB>(xs, w + n * k_dim, y, m0, n, k_dim, n_dim);
-  for (; n < hi; ++n) DotBlock<1, MB>(xs, w + n * k_dim, y, m0, n, k_dim, n_dim);
-}
-
-// ---- Blocked kernel for decode batches (M > 2). ----
 
 #if defined(__AVX512F__)
 constexpr int kLanes = 16;  // f32 lanes of one native vector
@@ -118,14 +58,6 @@ constexpr int kBlockR = 2, kBlockM = 4;
 #endif
 // Weight rows kept in L2 while every activation row passes over them (48 and 192 KiB measured ~10% slower).
 constexpr int64_t kTileBytes = 96 * 1024;
-// Rows the skinny DotRows path takes: with AVX-512 (measured on Zen 4 before the blocked kernel existed) one or
-// two; on AVX2 none, its 64-byte vectors spill there and the blocked kernel's native ones do not.
-#if defined(__AVX512F__)
-constexpr int64_t kSkinnyMaxRows = 2;
-#else
-constexpr int64_t kSkinnyMaxRows = 0;
-#endif
-
 inline f32xN Fma(f32xN acc, f32xN a, f32xN b) {
 #if defined(__AVX512F__)
   return (f32xN)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)acc);
@@ -136,12 +68,46 @@ inline f32xN Fma(f32xN acc, f32xN a, f32xN b) {
 #endif
 }
 
-// out[i] = the sum of v[i]'s lanes, i < count: 8 at a time through a transposing horizontal add on AVX2 (the
-// epilogue of a block is ~R * MB reductions against its 2 R MB FMAs per K step; a serial sum of lanes per output
-// cost as much as a third of the block for K = 640).
+#if defined(__AVX512F__)
+// Transposing lane sums: each level adds pairs of vectors' lanes, so that 16 sums cost 15 shuffle pairs and adds
+// where 16 `_mm512_reduce_add_ps` cost 4 of each apiece.
+// Per 128-bit chunk j of a, b: [a0+a2, b0+b2, a1+a3, b1+b3] of that chunk's lanes.
+inline __m512 SumPairs(__m512 a, __m512 b) { return _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b)); }
+
+// Chunk j of the result: [a, b, c, d]'s sums of chunk j's 4 lanes.
+inline __m512 SumQuads(const f32xN* v) {
+  const __m512 ab = SumPairs((__m512)v[0], (__m512)v[1]), cd = SumPairs((__m512)v[2], (__m512)v[3]);
+  return _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+
+// Chunks 0 and 1 of p's chunk sums (0+1, 2+3), then q's: [p01, p23, q01, q23].
+inline __m512 SumChunkPairs(__m512 p, __m512 q) {
+  return _mm512_add_ps(_mm512_shuffle_f32x4(p, q, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_f32x4(p, q, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// out[0:16] = the lane sums of v[0:16].
+inline void LaneSums16(const f32xN* v, float* out) {
+  const __m512 low = SumChunkPairs(SumQuads(v), SumQuads(v + 4)), high = SumChunkPairs(SumQuads(v + 8), SumQuads(v + 12));
+  _mm512_storeu_ps(out, SumChunkPairs(low, high));
+}
+
+// out[0:8] = the lane sums of v[0:8].
+inline void LaneSums8(const f32xN* v, float* out) {
+  const __m512 o = SumChunkPairs(SumQuads(v), SumQuads(v + 4));  // [v0-3 01, v0-3 23, v4-7 01, v4-7 23]
+  const __m512 s = _mm512_add_ps(o, _mm512_shuffle_f32x4(o, o, _MM_SHUFFLE(2, 3, 0, 1)));  // chunks 0, 2 hold the sums
+  _mm256_storeu_ps(out, _mm512_castps512_ps256(_mm512_shuffle_f32x4(s, s, _MM_SHUFFLE(2, 0, 2, 0))));
+}
+#endif
+
+// out[i] = the sum of v[i]'s lanes, i < count: through transposing horizontal adds, 16 or 8 at a time on AVX-512
+// and 8 at a time on AVX2 (the epilogue of a block is ~R * MB reductions against its R MB dot steps per K step; a
+// serial sum of lanes per output cost as much as a third of the block for K = 640).
 inline void LaneSums(const f32xN* v, int count, float* out) {
   int i = 0;
-#if !defined(__AVX512F__) && defined(__AVX__)
+#if defined(__AVX512F__)
+  for (; i + 16 <= count; i += 16) LaneSums16(v + i, out + i);
+  for (; i + 8 <= count; i += 8) LaneSums8(v + i, out + i);
+#elif defined(__AVX__)
   for (; i + 8 <= count; i += 8) {
     const __m256 t0 = _mm256_hadd_ps(_mm256_hadd_ps((__m256)v[i], (__m256)v[i + 1]),
                                      _mm256_hadd_ps((__m256)v[i + 2], (__m256)v[i + 3]));
@@ -319,16 +285,8 @@ ffi::Error SkinnyMatmul(ffi::ThreadPool pool, Bf16Matrix x, Bf16Matrix w, ffi::R
   const auto* xp = reinterpret_cast<const uint16_t*>(x.typed_data());
   const auto* wp = reinterpret_cast<const uint16_t*>(w.typed_data());
   float* yp = y->typed_data();
-  if (m_dim > kSkinnyMaxRows) {
-    const Activations a(xp, m_dim, k_dim);
-    ParallelFor(pool, n_dim, 16, [&](int64_t lo, int64_t hi) { BlockedRows(a, wp, yp, m_dim, n_dim, lo, hi); });
-    return ffi::Error::Success();
-  }
-  ParallelFor(pool, n_dim, 64, [&](int64_t lo, int64_t hi) {
-    int64_t m0 = 0;
-    for (; m0 + 2 <= m_dim; m0 += 2) DotRows<2>(xp, wp, yp, m0, k_dim, n_dim, lo, hi);
-    if (m0 < m_dim) DotRows<1>(xp, wp, yp, m0, k_dim, n_dim, lo, hi);
-  });
+  const Activations a(xp, m_dim, k_dim);
+  ParallelFor(pool, n_dim, 16, [&](int64_t lo, int64_t hi) { BlockedRows(a, wp, yp, m_dim, n_dim, lo, hi); });
   return ffi::Error::Success();
 }
 

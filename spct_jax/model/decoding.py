@@ -20,7 +20,7 @@ norms, `_rotate_qk` and `_attend`.
 Weights are [out, in]. On the CPU, decode matmuls can run C++ kernels (`Matmul.cpu_kernel`,
 `spct_jax.kernels.cpu_matvec`): XLA:CPU's bf16 dot reads the weights of a one-sequence step at about half the
 bandwidth a plain read reaches, and of a 32-row step at a third (on an AMX Xeon). On CPUs without AMX, matmuls of
-up to `cpu_matvec.max_rows()` rows stream each [out, in] weight row once ("skinny": up to 16 rows where the CPU
+up to `cpu_matvec.max_rows()` rows stream each [out, in] weight row once ("skinny": up to 64 rows where the CPU
 has bf16 dot products, up to 128 where it has none, e.g. AVX2 only); with AMX, every matmul of up to
 `cpu_matvec.AMX_MAX_ROWS` rows runs on AMX tiles from a tiled copy of the weights (`params["layer_tiles"]`, the
 head only tiled), and the LM head returns the logits' softmax summaries from the same pass (`next_token_logits`).
