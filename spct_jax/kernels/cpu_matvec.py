@@ -5,8 +5,8 @@ bf16 dot does not: for one row it moves a weight at about half the bandwidth a p
 Gemma 3's 262k x 640 LM head on the 2-core AMD development machine), and at 32 rows it took the head 3x as long as
 reading it on an AMX Xeon (benchmarks/README.md). Two kernels:
 - `skinny_matmul` (`cpu_matvec.cc`): x bf16[M, K] @ w bf16[N, K]^T for M <= `max_rows()`, each output a dot
-  product over one contiguous weight row (AVX-512 BF16 instructions, or plain vector code on any other CPU); for
-  a decode batch, blocks of weight rows x activation rows kept in registers over an L2-sized tile of weights.
+  product over one contiguous weight row (AVX-512 BF16 instructions, or plain vector code on any other CPU), in
+  blocks of weight rows x activation rows kept in registers over an L2-sized tile of weights.
 - `amx_matmul` / `amx_head` (`cpu_amx.cc`, built only where the compiler targets AMX): any M, weights pre-tiled by
   `tile`; the head variant also returns the softmax summaries `strategies.Logits` wants, in the same pass.
 
@@ -46,7 +46,7 @@ from spct_jax import files
 
 # Rows up to which decoding runs `skinny_matmul` instead of XLA's dot, by what was measured (one decode step's
 # matmuls, Gemma 3 270M shapes, 2 cores):
-MAX_ROWS = 64  # with AVX-512 BF16 (Zen 4): 1.5x XLA's dot at 2 rows, 1.5x at 16, 1.1-1.4x at 32, 1.1x at 64, 1x at 128
+MAX_ROWS = 64  # with AVX-512 BF16 (Zen 4): 1.5x XLA's dot at 8 and 16 rows, 1.1-1.4x at 32, 1.1x at 64, 1x at 128
 BLOCKED_MAX_ROWS = 128  # without bf16 arithmetic (Zen 3, AVX2): 1.6x at 1 row, 2.1x at 8, 1.3x at 32, 1.2x at 128
 AMX_MAX_ROWS = 128  # amx_matmul vs XLA's dot on an AMX Xeon: 1.6x faster at 32 rows, even at 128, 1.5x slower at 1024
 TILE = 32  # amx_matmul weights: [N/TILE, K/TILE, TILE, TILE] blocks
