@@ -2,6 +2,7 @@
 on the real Gemma 3 270M and report each row with a ratio that follows from the two columns (grpo_step.py's peer,
 TRL, is not in the lock file; its own run is in benchmarks/README.md)."""
 
+import os
 import pathlib
 import re
 import subprocess
@@ -11,8 +12,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _run(script: str) -> str:
+  # One torch thread: torch's OpenMP pool stalls whenever one of its threads loses its core (to the other pytest
+  # worker), which made HF 4-35x slower on a loaded 2-core machine; the numbers here are not the point.
   run = subprocess.run([sys.executable, f"benchmarks/{script}", "--quick", "--systems", "ours-bfloat16,hf-float32"],
-                       cwd=REPO, capture_output=True, text=True, timeout=900)
+                       cwd=REPO, capture_output=True, text=True, timeout=1800,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
   assert run.returncode == 0, run.stderr[-3000:]
   assert "FAILED" not in run.stdout, run.stdout[-3000:]
   return run.stdout
